@@ -1,0 +1,339 @@
+//! The running gatehouse: start, reload and shutdown, and the background actors
+//! (resolver, health checker) wired to the snapshot.
+//!
+//! A reload is all or nothing: the new config is read and validated, its check files
+//! loaded, its new servers resolved and checked once, its new addresses bound, and
+//! only then is the snapshot swapped in whole. Any failure on the way leaves the
+//! running config untouched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::admin;
+use crate::config::{AdminConfig, Config, ConfigError};
+use crate::health::{self, Prepared};
+use crate::listener::{BindError, Listeners};
+use crate::proxy::{Connections, Settings};
+use crate::resolve::Resolution;
+use crate::runtime::{unix_now, AdminState, Server, Snapshot};
+use crate::systemd;
+
+/// Why a start or reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("backend {backend:?}: {message}")]
+    Check { backend: String, message: String },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("admin listener: cannot bind {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin token file {path}: {message}")]
+    Token { path: String, message: String },
+}
+
+/// The result of the last reload, for the status API and the systemd status line.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub success: bool,
+    pub at: f64,
+    pub error: Option<String>,
+}
+
+pub struct App {
+    pub config_path: PathBuf,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub connections: Arc<Connections>,
+    pub started_at: f64,
+    pub loaded_at: Mutex<f64>,
+    pub last_reload: Mutex<Option<ReloadReport>>,
+    pub admin_token: ArcSwap<Option<String>>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    listeners: Mutex<Listeners>,
+    admin: Mutex<Option<admin::Running>>,
+    resolution: Arc<Resolution>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        keepalive: config.defaults.keepalive,
+        idle_timeout: config.defaults.idle_timeout,
+        forwarding: config.defaults.forwarding,
+    }
+}
+
+impl App {
+    /// Loads the config at `path`, brings every server to a known state (bounded), binds
+    /// every listener and the admin API. Nothing is served if any of it fails.
+    pub async fn start(path: &Path, inherited: Vec<std::net::TcpListener>) -> Result<Arc<App>, LoadError> {
+        let config = Arc::new(Config::load(path)?);
+        let checks = prepare_checks(&config)?;
+        let token = read_token(config.admin.as_ref())?;
+        let resolution = Resolution::new(&config.resolver);
+        // Before the snapshot: it resolves its metric handles, and handles taken before
+        // the recorder is installed record nothing.
+        let metrics = crate::metrics::install();
+        let (snapshot, changes) = Snapshot::build(config.clone(), None);
+        prime(&resolution, &changes.added, &checks).await;
+
+        let connections = Arc::new(Connections::default());
+        let mut listeners = Listeners::default();
+        listeners.adopt_inherited(inherited);
+        listeners.apply(&snapshot, settings(&config), &connections)?;
+
+        let app = Arc::new(App {
+            config_path: path.to_path_buf(),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            connections,
+            started_at: unix_now(),
+            loaded_at: Mutex::new(unix_now()),
+            last_reload: Mutex::new(None),
+            admin_token: ArcSwap::from_pointee(token),
+            metrics,
+            listeners: Mutex::new(listeners),
+            admin: Mutex::new(None),
+            resolution,
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        app.apply_admin(config.admin.as_ref())?;
+        start_actors(&app.resolution, &changes.added, &checks);
+        crate::metrics::config_reload(true);
+        Ok(app)
+    }
+
+    /// (listener, bound address) pairs, port 0 resolved; the admin API as "admin".
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut v = self.listeners.lock().map(|l| l.local_addrs()).unwrap_or_default();
+        if let Some(a) = self.admin.lock().ok().and_then(|a| a.as_ref().map(|a| a.local)) {
+            v.push(("admin".into(), a));
+        }
+        v
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.lock().ok().and_then(|a| a.as_ref().map(|a| a.local))
+    }
+
+    /// Re-reads the config file and applies it whole, or changes nothing.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), LoadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        systemd::reloading("reloading configuration");
+        let result = self.try_reload().await;
+        let report = ReloadReport {
+            success: result.is_ok(),
+            at: unix_now(),
+            error: result.as_ref().err().map(|e| e.to_string()),
+        };
+        crate::metrics::config_reload(report.success);
+        if let Ok(mut r) = self.last_reload.lock() {
+            *r = Some(report);
+        }
+        match &result {
+            Ok(()) => {
+                let s = self.snapshot.load();
+                tracing::info!(
+                    generation = s.generation,
+                    "configuration reloaded from {}",
+                    self.config_path.display()
+                );
+                systemd::notify(&format!(
+                    "READY=1\nSTATUS=serving; configuration generation {} loaded",
+                    s.generation
+                ));
+            }
+            Err(e) => {
+                tracing::error!("reload failed, the running configuration stays: {e}");
+                let first_line = e.to_string().lines().next().unwrap_or_default().to_string();
+                systemd::notify(&format!(
+                    "READY=1\nSTATUS=serving the previous configuration; reload failed: {first_line}"
+                ));
+            }
+        }
+        result
+    }
+
+    async fn try_reload(self: &Arc<Self>) -> Result<(), LoadError> {
+        let config = Arc::new(Config::load(&self.config_path)?);
+        let checks = prepare_checks(&config)?;
+        let token = read_token(config.admin.as_ref())?;
+        let old = self.snapshot.load_full();
+        let (snapshot, changes) = Snapshot::build(config.clone(), Some(&old));
+        let undo = |changes: &crate::runtime::Changes| {
+            for s in &changes.added {
+                s.retire();
+            }
+        };
+        self.resolution.update(&config.resolver);
+        prime(&self.resolution, &changes.added, &checks).await;
+        let bound = match self.listeners.lock() {
+            Ok(mut l) => l.apply(&snapshot, settings(&config), &self.connections),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = bound {
+            undo(&changes);
+            return Err(e.into());
+        }
+        if let Err(e) = self.apply_admin(config.admin.as_ref()) {
+            undo(&changes);
+            return Err(e);
+        }
+        self.admin_token.store(Arc::new(token));
+        for s in &changes.removed {
+            s.retire();
+            // Its series end, unless a server of the same name took its place.
+            if snapshot.server(&s.backend, &s.name).is_none() {
+                s.metrics.set_state("removed");
+            }
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        start_actors(&self.resolution, &changes.added, &checks);
+        if let Ok(mut t) = self.loaded_at.lock() {
+            *t = unix_now();
+        }
+        Ok(())
+    }
+
+    fn apply_admin(self: &Arc<Self>, config: Option<&AdminConfig>) -> Result<(), LoadError> {
+        let Ok(mut current) = self.admin.lock() else {
+            return Ok(());
+        };
+        let wanted = config.map(|c| c.listen);
+        if current.as_ref().map(|r| r.configured) == wanted {
+            return Ok(());
+        }
+        *current = match wanted {
+            None => None,
+            Some(addr) => {
+                Some(admin::start(addr, Arc::downgrade(self)).map_err(|source| LoadError::Admin { addr, source })?)
+            }
+        };
+        Ok(())
+    }
+
+    /// Sets a server's operator state; `None` when there is no such server.
+    pub fn set_server_state(&self, backend: &str, server: &str, state: AdminState, who: &str) -> Option<bool> {
+        let s = self.snapshot.load().server(backend, server)?;
+        Some(s.set_admin_state(state, who))
+    }
+
+    /// Stops accepting, lets connections finish for up to `drain_timeout`, then closes them.
+    pub async fn shutdown(&self) {
+        let drain = self.snapshot.load().config.defaults.drain_timeout;
+        systemd::notify("STOPPING=1\nSTATUS=draining connections");
+        if let Ok(mut l) = self.listeners.lock() {
+            l.close_all();
+        }
+        let open = self.connections.active();
+        tracing::info!("shutting down: stopped accepting; {open} connection(s) open, waiting up to {drain:?}");
+        let left = self.connections.drain(drain).await;
+        if left > 0 {
+            tracing::warn!("drain time over: closing {left} connection(s)");
+            self.connections.close_all();
+            // Their tasks log and finish at once; bounded all the same.
+            self.connections.drain(Duration::from_secs(2)).await;
+        }
+        if let Ok(mut a) = self.admin.lock() {
+            *a = None;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+type Checks = Vec<(String, Arc<Prepared>)>;
+
+fn prepare_checks(config: &Config) -> Result<Checks, LoadError> {
+    config
+        .backends
+        .iter()
+        .map(|b| {
+            health::prepare(&b.health)
+                .map(|p| (b.name.clone(), p))
+                .map_err(|message| LoadError::Check {
+                    backend: b.name.clone(),
+                    message,
+                })
+        })
+        .collect()
+}
+
+fn check_for<'a>(checks: &'a Checks, server: &Server) -> Option<&'a Arc<Prepared>> {
+    checks.iter().find(|(b, _)| **b == *server.backend).map(|(_, p)| p)
+}
+
+fn read_token(admin: Option<&AdminConfig>) -> Result<Option<String>, LoadError> {
+    let Some(path) = admin.and_then(|a| a.token_file.as_ref()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Token {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let token = text.trim().to_string();
+    if token.len() < 16 {
+        return Err(LoadError::Token {
+            path: path.display().to_string(),
+            message: "the token must be at least 16 characters".into(),
+        });
+    }
+    Ok(Some(token))
+}
+
+/// Resolves new servers and runs their first health check, all at once and bounded,
+/// so that the first clients find servers in a known state.
+async fn prime(resolution: &Arc<Resolution>, servers: &[Arc<Server>], checks: &Checks) {
+    let rounds = servers.iter().map(|server| {
+        let resolution = resolution.clone();
+        let check = check_for(checks, server).cloned();
+        let server = server.clone();
+        async move {
+            if let crate::config::Host::Name(name) = &server.host {
+                resolution.resolve_once(&server, name).await;
+            }
+            let Some(check) = check else { return };
+            let endpoints = server.endpoints().clone();
+            let firsts = endpoints.iter().map(|e| {
+                let server = &server;
+                let check = &check;
+                async move {
+                    let mut rf = health::RiseFall::new(server.health.rise, server.health.fall);
+                    health::check_endpoint(server, e, check, &mut rf).await;
+                }
+            });
+            join_all(firsts).await;
+        }
+    });
+    join_all(rounds).await;
+}
+
+fn start_actors(resolution: &Arc<Resolution>, servers: &[Arc<Server>], checks: &Checks) {
+    for server in servers {
+        resolution.spawn(server.clone());
+        if let Some(check) = check_for(checks, server) {
+            health::spawn(server.clone(), check.clone(), server.health.clone());
+        }
+    }
+}
+
+/// Runs futures concurrently on this task and waits for all of them.
+async fn join_all<F: std::future::Future<Output = ()>>(futures: impl IntoIterator<Item = F>) {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

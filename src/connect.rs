@@ -1,0 +1,172 @@
+//! Connecting a client to a server: pick, connect with a timeout, and on failure try
+//! another server, so that a dead server costs the client nothing while others are up.
+//!
+//! Every failed connect is evidence for passive health (consecutive failures mark the
+//! endpoint down) and is counted by reason. Socket options for the server side (no
+//! delay, keepalive) are set here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::balance::{self, Request};
+use crate::runtime::{Backend, Endpoint};
+
+/// Why a connect to a server failed. Passive health and metrics act on the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("unreachable: {0}")]
+    Unreachable(io::Error),
+    #[error("{0}")]
+    Other(io::Error),
+}
+
+impl ConnectError {
+    /// The `reason` label of `gatehouse_connect_errors_total`; indexes
+    /// [`crate::metrics::CONNECT_ERROR_REASONS`].
+    pub fn reason_index(&self) -> usize {
+        match self {
+            ConnectError::Refused => 0,
+            ConnectError::Timeout(_) => 1,
+            ConnectError::Unreachable(_) => 2,
+            ConnectError::Other(_) => 3,
+        }
+    }
+
+    fn from_io(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectError::Unreachable(e),
+            _ => match e.raw_os_error() {
+                Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => ConnectError::Unreachable(e),
+                _ => ConnectError::Other(e),
+            },
+        }
+    }
+}
+
+/// A connection made to a server of the backend.
+pub struct Connected {
+    pub stream: TcpStream,
+    /// Index of the server in `backend.servers`.
+    pub server: usize,
+    pub endpoint: Arc<Endpoint>,
+    /// How long the successful connect took.
+    pub connect_time: Duration,
+    /// Failed attempts before it.
+    pub failures: u32,
+}
+
+/// No server could take the client.
+#[derive(Debug, thiserror::Error)]
+pub enum NoServer {
+    #[error("no server is up")]
+    NoneUp,
+    #[error("{attempts} connect attempts failed, the last to {server}: {error}")]
+    AllFailed {
+        attempts: u32,
+        server: String,
+        error: ConnectError,
+    },
+}
+
+/// Connects the client (whose address hashes to `client`) to a server of `backend`,
+/// trying up to `retries` other servers after a failure.
+pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>) -> Result<Connected, NoServer> {
+    let config = &backend.config;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last: Option<(String, ConnectError)> = None;
+    for _attempt in 0..=config.retries {
+        let req = Request {
+            client,
+            tried: &tried,
+            random: rand::random(),
+        };
+        let Some(index) = backend.picker.pick(config.balance, &backend.servers, req) else {
+            break;
+        };
+        tried.push(index);
+        let server = &backend.servers[index].server;
+        let Some(endpoint) = server.pick_endpoint(&[]) else {
+            continue;
+        };
+        let started = Instant::now();
+        match connect_one(endpoint.addr, config.connect_timeout, keepalive).await {
+            Ok(stream) => {
+                let connect_time = started.elapsed();
+                endpoint.connect_failures.store(0, Ordering::Relaxed);
+                server.metrics.connect_duration.record(connect_time.as_secs_f64());
+                return Ok(Connected {
+                    stream,
+                    server: index,
+                    endpoint,
+                    connect_time,
+                    failures: tried.len() as u32 - 1,
+                });
+            }
+            Err(error) => {
+                server.metrics.connect_errors[error.reason_index()].increment(1);
+                let failures = endpoint.connect_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, %error, "connect failed");
+                if config.observe && failures >= config.error_limit && endpoint.is_up() {
+                    let reason = format!("{failures} consecutive connect failures from traffic, last: {error}");
+                    server.set_endpoint_up(&endpoint, false, &reason);
+                }
+                last = Some((server.label(), error));
+            }
+        }
+    }
+    Err(match last {
+        None => NoServer::NoneUp,
+        Some((server, error)) => NoServer::AllFailed {
+            attempts: tried.len() as u32,
+            server,
+            error,
+        },
+    })
+}
+
+/// One connect with a timeout and the server-side socket options.
+pub async fn connect_one(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<Duration>,
+) -> Result<TcpStream, ConnectError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(ConnectError::Other)?;
+    socket.set_nodelay(true).map_err(ConnectError::Other)?;
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ConnectError::from_io(e)),
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+    };
+    set_keepalive(&stream, keepalive);
+    Ok(stream)
+}
+
+/// TCP keepalive, so that a dead peer of a long-idle watch stream is noticed.
+pub fn set_keepalive(stream: &TcpStream, idle: Option<Duration>) {
+    let Some(idle) = idle else { return };
+    let ka = TcpKeepalive::new().with_time(idle);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let ka = ka.with_interval(Duration::from_secs(10)).with_retries(6);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
+/// The hash of a client for `source-hash`.
+pub fn client_key(peer: SocketAddr) -> u64 {
+    balance::client_hash(peer.ip())
+}

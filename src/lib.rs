@@ -1,0 +1,22 @@
+//! gatehouse: an L4 (TCP) load balancer with zero-copy forwarding, health checks,
+//! DNS-named backends and hot reload.
+//!
+//! The data path, in order: [`listener`] accepts, [`proxy`] serves each connection by
+//! asking [`balance`] for a server, [`connect`] for a connection to it and [`forward`]
+//! to move the bytes. Beside it, [`resolve`] and [`health`] keep server state current,
+//! [`app`] builds and swaps [`runtime`] snapshots from [`config`], and [`admin`] shows
+//! it all.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod connect;
+pub mod forward;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod resolve;
+pub mod runtime;
+pub mod systemd;

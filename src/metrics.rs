@@ -1,0 +1,206 @@
+//! Metric names, labels and handles: the contract with VictoriaMetrics, in one place.
+//!
+//! Handles are resolved once, when a snapshot is built (per listener, per server, per
+//! listener × server), and held by the runtime objects; the data path only adds to
+//! them, it never looks a metric up by its labels. Labels stay bounded: listener,
+//! backend, server, reason, never a client address.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_ACCEPTED: &str = "gatehouse_connections_accepted_total";
+pub const CONNECTIONS_ACTIVE: &str = "gatehouse_connections_active";
+pub const CONNECTIONS_REJECTED: &str = "gatehouse_connections_rejected_total";
+pub const BYTES: &str = "gatehouse_bytes_total";
+pub const CONNECT_DURATION: &str = "gatehouse_connect_duration_seconds";
+pub const CONNECT_ERRORS: &str = "gatehouse_connect_errors_total";
+pub const SERVER_UP: &str = "gatehouse_server_up";
+pub const SERVER_STATE: &str = "gatehouse_server_state";
+pub const HEALTH_CHECK_DURATION: &str = "gatehouse_health_check_duration_seconds";
+pub const HEALTH_CHECK_FAILURES: &str = "gatehouse_health_check_failures_total";
+pub const CONFIG_RELOADS: &str = "gatehouse_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "gatehouse_config_last_reload_success_timestamp_seconds";
+pub const BUILD_INFO: &str = "gatehouse_build_info";
+pub const CONNECTION_DURATION: &str = "gatehouse_connection_duration_seconds";
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            // Watches and exec sessions last hours: the buckets reach a day.
+            let lifetime = [
+                0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(CONNECT_DURATION.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HEALTH_CHECK_DURATION.into()), &latency))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &lifetime));
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                // Only empty bucket lists fail, and ours are literals.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // A second recorder (tests in one process) keeps the first: metrics still count.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted by a listener.");
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Connections established through a listener to a server now."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Client connections closed without reaching a server, by reason."
+    );
+    describe_counter!(BYTES, Unit::Bytes, "Bytes forwarded, by direction.");
+    describe_histogram!(
+        CONNECT_DURATION,
+        Unit::Seconds,
+        "Time to establish a connection to a server."
+    );
+    describe_counter!(CONNECT_ERRORS, "Failed connects to a server, by reason.");
+    describe_gauge!(SERVER_UP, "1 when a server can take new connections, else 0.");
+    describe_gauge!(
+        SERVER_STATE,
+        "1 for the server's current state (up, down, drain, disabled, unresolved)."
+    );
+    describe_histogram!(
+        HEALTH_CHECK_DURATION,
+        Unit::Seconds,
+        "Duration of active health checks."
+    );
+    describe_counter!(HEALTH_CHECK_FAILURES, "Failed active health checks, by reason.");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result.");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the configuration was last loaded successfully."
+    );
+    describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "Lifetime of forwarded connections.");
+}
+
+/// Handles of one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub accepted: Counter,
+    pub rejected_no_server: Counter,
+    pub rejected_limit: Counter,
+    pub duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> Self {
+        let l = listener.to_string();
+        ListenerMetrics {
+            accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
+            rejected_no_server: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "no_server"),
+            rejected_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "limit"),
+            duration: histogram!(CONNECTION_DURATION, "listener" => l),
+        }
+    }
+}
+
+/// Handles of one listener × server pair: what a forwarded connection updates.
+#[derive(Clone)]
+pub struct TrafficMetrics {
+    pub active: Gauge,
+    pub client_to_server: Counter,
+    pub server_to_client: Counter,
+}
+
+impl TrafficMetrics {
+    pub fn new(listener: &str, backend: &str, server: &str) -> Self {
+        let labels = |dir: Option<&'static str>| {
+            let mut v = vec![
+                ("listener", listener.to_string()),
+                ("backend", backend.to_string()),
+                ("server", server.to_string()),
+            ];
+            if let Some(d) = dir {
+                v.push(("direction", d.to_string()));
+            }
+            v.into_iter()
+                .map(|(k, v)| metrics::Label::new(k, v))
+                .collect::<Vec<_>>()
+        };
+        TrafficMetrics {
+            active: gauge!(CONNECTIONS_ACTIVE, labels(None)),
+            client_to_server: counter!(BYTES, labels(Some("client_to_server"))),
+            server_to_client: counter!(BYTES, labels(Some("server_to_client"))),
+        }
+    }
+}
+
+/// The reasons a connect fails, as metrics and passive health see them.
+pub const CONNECT_ERROR_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
+
+/// The states a server can be in, as `gatehouse_server_state` labels them.
+pub const SERVER_STATES: [&str; 5] = ["up", "down", "drain", "disabled", "unresolved"];
+
+/// Handles of one server (labels backend, server).
+pub struct ServerMetrics {
+    pub connect_duration: Histogram,
+    /// Indexed like [`CONNECT_ERROR_REASONS`].
+    pub connect_errors: [Counter; 4],
+    pub up: Gauge,
+    /// Indexed like [`SERVER_STATES`].
+    pub state: [Gauge; 5],
+    pub check_duration: Histogram,
+    backend: String,
+    server: String,
+}
+
+impl ServerMetrics {
+    pub fn new(backend: &str, server: &str) -> Self {
+        let (b, s) = (backend.to_string(), server.to_string());
+        ServerMetrics {
+            connect_duration: histogram!(CONNECT_DURATION, "backend" => b.clone(), "server" => s.clone()),
+            connect_errors: CONNECT_ERROR_REASONS
+                .map(|r| counter!(CONNECT_ERRORS, "backend" => b.clone(), "server" => s.clone(), "reason" => r)),
+            up: gauge!(SERVER_UP, "backend" => b.clone(), "server" => s.clone()),
+            state: SERVER_STATES
+                .map(|st| gauge!(SERVER_STATE, "backend" => b.clone(), "server" => s.clone(), "state" => st)),
+            check_duration: histogram!(HEALTH_CHECK_DURATION, "backend" => b.clone(), "server" => s.clone()),
+            backend: b,
+            server: s,
+        }
+    }
+
+    /// Health-check failures have open-ended reasons (a status code, an error kind):
+    /// looked up by label, off the data path, once per failed check.
+    pub fn check_failed(&self, reason: &'static str) {
+        counter!(HEALTH_CHECK_FAILURES, "backend" => self.backend.clone(), "server" => self.server.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    pub fn set_state(&self, state: &str) {
+        for (i, name) in SERVER_STATES.iter().enumerate() {
+            self.state[i].set(if *name == state { 1.0 } else { 0.0 });
+        }
+        self.up.set(if state == "up" { 1.0 } else { 0.0 });
+    }
+}
+
+pub fn config_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS, "result" => result).increment(1);
+    if success {
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::runtime::unix_now());
+    }
+}

@@ -1,0 +1,249 @@
+//! The data path of one client connection, top to bottom:
+//! accept → pick → connect → forward → close log and metrics.
+//!
+//! Everything a connection needs comes from the listener's snapshot, taken once at
+//! accept: a reload during the connection changes nothing for it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+use crate::config::OnDown;
+use crate::connect::{self, NoServer};
+use crate::forward::{self, Direction, End, Meter};
+use crate::metrics::TrafficMetrics;
+use crate::runtime::{millis_since_start, Listener, Server};
+
+/// What every connection shares: the shutdown signal and the count of connections.
+pub struct Connections {
+    active: AtomicUsize,
+    idle: Notify,
+    /// Becomes true when the drain time is over: connections still open are closed.
+    close_all: watch::Sender<bool>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            close_all: watch::channel(false).0,
+        }
+    }
+}
+
+impl Connections {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is left, or `timeout` passes; returns how many remain.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active();
+            }
+        }
+    }
+
+    /// Closes every connection still open (with a reset: their streams are cut short).
+    pub fn close_all(&self) {
+        self.close_all.send_replace(true);
+    }
+}
+
+/// Counts one connection while it lives.
+struct Tracked<'a>(&'a Connections);
+
+impl<'a> Tracked<'a> {
+    fn new(c: &'a Connections) -> Self {
+        c.active.fetch_add(1, Ordering::AcqRel);
+        Tracked(c)
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Adds one to a gauge-like counter for as long as it lives.
+struct Held<'a>(&'a AtomicU32);
+
+impl<'a> Held<'a> {
+    fn new(a: &'a AtomicU32) -> Self {
+        a.fetch_add(1, Ordering::Relaxed);
+        Held(a)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Socket options every connection gets, and its limits.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub keepalive: Option<Duration>,
+    pub idle_timeout: Duration,
+    pub forwarding: crate::config::Forwarding,
+}
+
+/// Serves one accepted client until both sides are done.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    settings: Settings,
+    conns: Arc<Connections>,
+) {
+    let accepted_at = Instant::now();
+    let _tracked = Tracked::new(&conns);
+    let _listener_active = Held::new(&listener.counters.active);
+    listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    listener.metrics.accepted.increment(1);
+
+    if let Some(max) = listener.config.max_connections {
+        if listener.counters.active.load(Ordering::Relaxed) as usize > max {
+            listener.metrics.rejected_limit.increment(1);
+            REJECT_LOG.note(&listener.name, peer, "connection limit reached");
+            return;
+        }
+    }
+    let _ = client.set_nodelay(true);
+    connect::set_keepalive(&client, settings.keepalive);
+
+    // Pick and connect, trying other servers after a failure.
+    let backend = &listener.backend;
+    let conn = match connect::connect(backend, connect::client_key(peer), settings.keepalive).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            listener.metrics.rejected_no_server.increment(1);
+            let why = match &e {
+                NoServer::NoneUp => format!("backend {}: no server is up", backend.name),
+                NoServer::AllFailed { .. } => format!("backend {}: {e}", backend.name),
+            };
+            REJECT_LOG.note(&listener.name, peer, &why);
+            return;
+        }
+    };
+    let entry = &backend.servers[conn.server];
+    let server = &entry.server;
+    let traffic = &listener.traffic[conn.server];
+    server.connections.fetch_add(1, Ordering::Relaxed);
+    let _server_active = Held::new(&server.active);
+    let _endpoint_active = Held::new(&conn.endpoint.active);
+    traffic.active.increment(1.0);
+
+    // Forward until both sides are done, or gatehouse has to cut it short.
+    let mut close_all = conns.close_all.subscribe();
+    let mut server_down = server.close_generation.subscribe();
+    let close_on_down = backend.config.on_down == OnDown::Close;
+    let stop = async {
+        tokio::select! {
+            _ = close_all.wait_for(|closing| *closing) => End::Shutdown,
+            _ = server_down.changed(), if close_on_down => End::ServerDown,
+        }
+    };
+    let meter = TrafficMeter { traffic, server };
+    let outcome = forward::forward(
+        &client,
+        &conn.stream,
+        settings.forwarding,
+        settings.idle_timeout,
+        stop,
+        &meter,
+    )
+    .await;
+    traffic.active.decrement(1.0);
+
+    let duration = accepted_at.elapsed();
+    listener.metrics.duration.record(duration.as_secs_f64());
+    tracing::info!(
+        target: "gatehouse::connection",
+        client = %peer,
+        listener = %listener.name,
+        backend = %backend.name,
+        server = %server.name,
+        endpoint = %conn.endpoint.addr,
+        connect_ms = conn.connect_time.as_secs_f64() * 1000.0,
+        retries = conn.failures,
+        duration_ms = duration.as_millis() as u64,
+        bytes_in = outcome.client_to_server,
+        bytes_out = outcome.server_to_client,
+        end = outcome.end.as_str(),
+        "{peer} {}/{}/{} {}ms {}s in={} out={} {}",
+        listener.name,
+        backend.name,
+        server.name,
+        conn.connect_time.as_millis(),
+        duration.as_secs(),
+        outcome.client_to_server,
+        outcome.server_to_client,
+        outcome.end.as_str(),
+    );
+}
+
+struct TrafficMeter<'a> {
+    traffic: &'a TrafficMetrics,
+    server: &'a Server,
+}
+
+impl Meter for TrafficMeter<'_> {
+    fn moved(&self, direction: Direction, bytes: u64) {
+        match direction {
+            Direction::ClientToServer => {
+                self.traffic.client_to_server.increment(bytes);
+                self.server.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Direction::ServerToClient => {
+                self.traffic.server_to_client.increment(bytes);
+                self.server.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Rejected clients are logged at most once a second, with a count of those not logged:
+/// a backend with no server up must not flood the journal.
+struct RateLimitedLog {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+static REJECT_LOG: RateLimitedLog = RateLimitedLog {
+    last_ms: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+impl RateLimitedLog {
+    fn note(&self, listener: &str, peer: SocketAddr, why: &str) {
+        let now = millis_since_start() + 1000;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Ordering::AcqRel);
+            tracing::warn!(listener, client = %peer, suppressed, "client rejected: {why}");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The running state: an immutable [`Snapshot`] of listeners, backends and servers,
+//! and how a new one is built from a config and the old snapshot.
+//!
+//! A snapshot is never changed once built; a reload builds a new one and swaps it in
+//! whole. What lives longer than a snapshot is the [`Server`]: its resolved endpoints,
+//! health, counters and operator state (drain, disable) carry over when the server
+//! stays in the config with the same address and check. Those few mutable facts are
+//! atomics owned by the server, written by the resolver, the health checker and the
+//! operator, read by the data path without locks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::balance::{self, Candidate, Picker};
+use crate::config::{BackendConfig, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
+use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
+
+/// Seconds since the Unix epoch, for status and metrics.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the operator set for a server at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// Normal service.
+    Enabled = 0,
+    /// No new connections; established ones continue. Still health-checked.
+    Drain = 1,
+    /// Maintenance: no new connections, not health-checked.
+    Disabled = 2,
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+/// A server's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Up,
+    Down,
+    Drain,
+    Disabled,
+    /// Its name has not resolved to any address yet.
+    Unresolved,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Drain => "drain",
+            ServerState::Disabled => "disabled",
+            ServerState::Unresolved => "unresolved",
+        }
+    }
+}
+
+/// The last result of an endpoint's health check, for logs and the status API.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// `None` until the first check ran; `Ok` or the reason it failed.
+    pub last_result: Option<Result<(), String>>,
+    pub last_duration: Duration,
+    pub last_at: Option<f64>,
+}
+
+/// One resolved address of a server: what is connected to and health-checked.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    up: AtomicBool,
+    /// When it last came up (ms since process start), for slow start.
+    up_since_ms: AtomicU64,
+    pub active: AtomicU32,
+    /// Consecutive failed connects from real traffic (passive health).
+    pub connect_failures: AtomicU32,
+    pub check: Mutex<CheckReport>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            // Until its first check, a server is treated as up, as HAProxy does.
+            up: AtomicBool::new(true),
+            up_since_ms: AtomicU64::new(0),
+            active: AtomicU32::new(0),
+            connect_failures: AtomicU32::new(0),
+            check: Mutex::new(CheckReport::default()),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+/// When the process started, the zero of the millisecond clocks kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+pub fn millis_since_start() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// A server of a backend, as long as it stays in the config with the same address and check.
+pub struct Server {
+    pub backend: Arc<str>,
+    pub name: Arc<str>,
+    pub host: Host,
+    pub port: u16,
+    pub health: HealthConfig,
+    admin: AtomicU8,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Publishes endpoint-set changes to the health checker.
+    endpoints_changed: watch::Sender<u64>,
+    resolved: AtomicBool,
+    /// Any endpoint up: what the balancer reads.
+    available: AtomicBool,
+    last_change: Mutex<(f64, String)>,
+    pub active: AtomicU32,
+    pub connections: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Bumped when its connections must be closed (`on_down = "close"`).
+    pub close_generation: watch::Sender<u64>,
+    /// Set once the server has left the config: its resolver and checks stop.
+    retired: AtomicBool,
+    pub metrics: ServerMetrics,
+    round_robin: Picker,
+}
+
+impl Server {
+    pub fn new(backend: &str, config: &ServerConfig, health: &HealthConfig) -> Arc<Self> {
+        let s = Arc::new(Server {
+            backend: backend.into(),
+            name: config.name.as_str().into(),
+            host: config.host.clone(),
+            port: config.port,
+            health: health.clone(),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            endpoints_changed: watch::channel(0).0,
+            resolved: AtomicBool::new(false),
+            available: AtomicBool::new(false),
+            last_change: Mutex::new((unix_now(), "configured".into())),
+            active: AtomicU32::new(0),
+            connections: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            close_generation: watch::channel(0).0,
+            retired: AtomicBool::new(false),
+            metrics: ServerMetrics::new(backend, &config.name),
+            round_robin: Picker::default(),
+        });
+        if let Host::Ip(ip) = config.host {
+            s.set_addresses(&[SocketAddr::new(ip, config.port)]);
+        }
+        s.publish_state();
+        s
+    }
+
+    /// The address as configured, e.g. `arkveld:6443`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.backend, self.name)
+    }
+
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>> {
+        self.endpoints.load()
+    }
+
+    pub fn subscribe_endpoints(&self) -> watch::Receiver<u64> {
+        self.endpoints_changed.subscribe()
+    }
+
+    /// Replaces the resolved addresses; endpoints whose address stays keep their state.
+    /// Returns whether the set changed.
+    pub fn set_addresses(&self, addrs: &[SocketAddr]) -> bool {
+        let old = self.endpoints.load();
+        let mut sorted: Vec<SocketAddr> = addrs.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let same = old.len() == sorted.len() && old.iter().zip(&sorted).all(|(e, a)| e.addr == *a);
+        self.resolved.store(true, Ordering::Release);
+        if same {
+            return false;
+        }
+        let new: Vec<Arc<Endpoint>> = sorted
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|e| e.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(*a)))
+            })
+            .collect();
+        self.endpoints.store(Arc::new(new));
+        self.endpoints_changed.send_modify(|g| *g += 1);
+        self.refresh_available(None);
+        true
+    }
+
+    /// Marks an endpoint up or down; returns whether that changed anything.
+    pub fn set_endpoint_up(&self, endpoint: &Endpoint, up: bool, reason: &str) -> bool {
+        if endpoint.up.swap(up, Ordering::AcqRel) == up {
+            return false;
+        }
+        if up {
+            endpoint.up_since_ms.store(millis_since_start(), Ordering::Release);
+            endpoint.connect_failures.store(0, Ordering::Release);
+        }
+        self.refresh_available(Some(reason));
+        true
+    }
+
+    fn refresh_available(&self, reason: Option<&str>) {
+        let any_up = self.endpoints.load().iter().any(|e| e.is_up());
+        let was = self.available.swap(any_up, Ordering::AcqRel);
+        if was != any_up {
+            let state = if any_up { "UP" } else { "DOWN" };
+            let reason = reason.unwrap_or(if any_up { "address resolved" } else { "no address" });
+            if let Ok(mut lc) = self.last_change.lock() {
+                *lc = (unix_now(), reason.to_string());
+            }
+            if any_up {
+                tracing::info!(backend = %self.backend, server = %self.name, "server {} {state}: {reason}", self.label());
+            } else {
+                tracing::warn!(backend = %self.backend, server = %self.name, "server {} {state}: {reason}", self.label());
+            }
+            if !any_up {
+                self.close_generation.send_modify(|g| *g += 1);
+            }
+        }
+        self.publish_state();
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Acquire))
+    }
+
+    pub fn set_admin_state(&self, state: AdminState, who: &str) -> bool {
+        let old = AdminState::from_u8(self.admin.swap(state as u8, Ordering::AcqRel));
+        if old == state {
+            return false;
+        }
+        if let Ok(mut lc) = self.last_change.lock() {
+            *lc = (unix_now(), format!("set to {} by {who}", state.as_str()));
+        }
+        tracing::info!(backend = %self.backend, server = %self.name, by = %who,
+            "server {} {} (was {})", self.label(), state.as_str(), old.as_str());
+        self.publish_state();
+        true
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.admin_state() {
+            AdminState::Disabled => ServerState::Disabled,
+            AdminState::Drain => ServerState::Drain,
+            AdminState::Enabled if !self.resolved.load(Ordering::Acquire) => ServerState::Unresolved,
+            AdminState::Enabled if self.endpoints.load().is_empty() => ServerState::Unresolved,
+            AdminState::Enabled if self.available.load(Ordering::Acquire) => ServerState::Up,
+            AdminState::Enabled => ServerState::Down,
+        }
+    }
+
+    fn publish_state(&self) {
+        self.metrics.set_state(self.state().as_str());
+    }
+
+    /// Last state change: when (unix seconds) and why.
+    pub fn last_change(&self) -> (f64, String) {
+        self.last_change.lock().map(|lc| lc.clone()).unwrap_or_default()
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.endpoints_changed.send_modify(|g| *g += 1);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Can it take a new connection now?
+    pub fn accepts_new(&self) -> bool {
+        self.admin_state() == AdminState::Enabled && self.available.load(Ordering::Acquire)
+    }
+
+    /// The endpoint a new connection goes to: the least busy of those up, in turn on ties.
+    pub fn pick_endpoint(&self, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+        struct E<'a>(&'a Endpoint, bool);
+        impl Candidate for E<'_> {
+            fn weight(&self) -> u32 {
+                u32::from(self.1 && self.0.is_up())
+            }
+            fn backup(&self) -> bool {
+                false
+            }
+            fn active(&self) -> u32 {
+                self.0.active.load(Ordering::Relaxed)
+            }
+            fn key(&self) -> u64 {
+                0
+            }
+        }
+        let endpoints = self.endpoints.load();
+        if endpoints.len() == 1 {
+            let e = &endpoints[0];
+            return (e.is_up() && !tried.contains(&e.addr)).then(|| e.clone());
+        }
+        let cands: Vec<E<'_>> = endpoints.iter().map(|e| E(e, !tried.contains(&e.addr))).collect();
+        let req = balance::Request {
+            client: 0,
+            tried: &[],
+            random: 0,
+        };
+        let i = self.round_robin.pick(crate::config::Balance::LeastConn, &cands, req)?;
+        Some(endpoints[i].clone())
+    }
+
+    /// Ramp factor in (0, 1] for slow start: how far into `slow_start` its newest up endpoint is.
+    fn ramp(&self, slow_start: Option<Duration>) -> f64 {
+        let Some(window) = slow_start else { return 1.0 };
+        let now = millis_since_start();
+        let since = self
+            .endpoints
+            .load()
+            .iter()
+            .filter(|e| e.is_up())
+            .map(|e| e.up_since_ms.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        // Up since start (0): no ramp; a server configured at boot takes its share at once.
+        if since == 0 {
+            return 1.0;
+        }
+        let elapsed = now.saturating_sub(since) as f64;
+        (elapsed / window.as_millis() as f64).clamp(0.05, 1.0)
+    }
+}
+
+/// A server as one snapshot's backend lists it: the server plus this config's weight.
+pub struct ServerEntry {
+    pub server: Arc<Server>,
+    pub weight: u32,
+    pub backup: bool,
+    pub key: u64,
+    slow_start: Option<Duration>,
+}
+
+impl Candidate for ServerEntry {
+    fn weight(&self) -> u32 {
+        if !self.server.accepts_new() {
+            return 0;
+        }
+        let w = f64::from(self.weight) * 16.0 * self.server.ramp(self.slow_start);
+        (w as u32).max(1)
+    }
+    fn backup(&self) -> bool {
+        self.backup
+    }
+    fn active(&self) -> u32 {
+        self.server.active.load(Ordering::Relaxed)
+    }
+    fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+pub struct Backend {
+    pub name: Arc<str>,
+    pub config: BackendConfig,
+    pub servers: Vec<ServerEntry>,
+    pub picker: Picker,
+}
+
+impl Backend {
+    pub fn servers_up(&self) -> usize {
+        self.servers.iter().filter(|s| s.server.accepts_new()).count()
+    }
+}
+
+/// A listener as the data path sees it in one snapshot.
+pub struct Listener {
+    pub name: Arc<str>,
+    pub config: ListenerConfig,
+    pub backend: Arc<Backend>,
+    pub metrics: ListenerMetrics,
+    /// Indexed like `backend.servers`.
+    pub traffic: Vec<TrafficMetrics>,
+    pub counters: Arc<ListenerCounters>,
+}
+
+/// Counts of a listener that outlive snapshots (kept across reloads by name).
+#[derive(Default)]
+pub struct ListenerCounters {
+    pub active: AtomicU32,
+    pub accepted: AtomicU64,
+}
+
+/// Everything the data path needs, immutable once built.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub generation: u64,
+    pub listeners: Vec<Arc<Listener>>,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+/// What building a snapshot changed, for the actors to act on.
+pub struct Changes {
+    /// Servers new in this snapshot: to resolve and health-check.
+    pub added: Vec<Arc<Server>>,
+    /// Servers of the old snapshot that are gone: to stop resolving and checking.
+    pub removed: Vec<Arc<Server>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from `config`, carrying over the servers of `old` that stay.
+    pub fn build(config: Arc<Config>, old: Option<&Snapshot>) -> (Snapshot, Changes) {
+        let mut added = Vec::new();
+        let mut kept: Vec<Arc<Server>> = Vec::new();
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|bc| {
+                let servers = bc
+                    .servers
+                    .iter()
+                    .map(|sc| {
+                        let previous = old.and_then(|o| o.server(&bc.name, &sc.name));
+                        let server = match previous {
+                            Some(p) if p.host == sc.host && p.port == sc.port && p.health == bc.health => {
+                                kept.push(p.clone());
+                                p
+                            }
+                            _ => {
+                                let s = Server::new(&bc.name, sc, &bc.health);
+                                // Operator state outlives an address or check change.
+                                if let Some(p) = previous {
+                                    s.set_admin_state(p.admin_state(), "reload (kept)");
+                                }
+                                added.push(s.clone());
+                                s
+                            }
+                        };
+                        ServerEntry {
+                            key: balance::hash_bytes(sc.name.as_bytes()),
+                            server,
+                            weight: sc.weight,
+                            backup: sc.backup,
+                            slow_start: bc.slow_start,
+                        }
+                    })
+                    .collect();
+                Arc::new(Backend {
+                    name: bc.name.as_str().into(),
+                    config: bc.clone(),
+                    servers,
+                    picker: Picker::default(),
+                })
+            })
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|lc| {
+                let backend = backends.iter().find(|b| *b.name == *lc.backend)?.clone();
+                let traffic = backend
+                    .servers
+                    .iter()
+                    .map(|s| TrafficMetrics::new(&lc.name, &backend.name, &s.server.name))
+                    .collect();
+                let counters = old
+                    .and_then(|o| o.listener(&lc.name))
+                    .map(|l| l.counters.clone())
+                    .unwrap_or_default();
+                Some(Arc::new(Listener {
+                    name: lc.name.as_str().into(),
+                    config: lc.clone(),
+                    backend,
+                    metrics: ListenerMetrics::new(&lc.name),
+                    traffic,
+                    counters,
+                }))
+            })
+            .collect();
+        let removed = old
+            .map(|o| {
+                o.servers()
+                    .filter(|s| !kept.iter().any(|k| Arc::ptr_eq(k, s)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let snapshot = Snapshot {
+            config,
+            generation: old.map_or(1, |o| o.generation + 1),
+            listeners,
+            backends,
+        };
+        (snapshot, Changes { added, removed })
+    }
+
+    pub fn server(&self, backend: &str, server: &str) -> Option<Arc<Server>> {
+        self.backends
+            .iter()
+            .find(|b| &*b.name == backend)?
+            .servers
+            .iter()
+            .find(|s| &*s.server.name == server)
+            .map(|s| s.server.clone())
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &Arc<Server>> {
+        self.backends.iter().flat_map(|b| b.servers.iter().map(|s| &s.server))
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}

@@ -1,0 +1,270 @@
+//! Forwarding through the real binary: bytes in equal bytes out, both ways at once,
+//! half-close carried through, resets carried as resets — with splice and with copy.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Health checks off: these backends count every connection, and a check is one.
+fn gatehouse_to(backend: std::net::SocketAddr, forwarding: &str) -> Gatehouse {
+    Gatehouse::start(&config(
+        &[server("only", backend)],
+        "health = { check = \"none\" }",
+        &format!("forwarding = \"{forwarding}\""),
+    ))
+}
+
+fn large_payload_round_trips_intact(forwarding: &str) {
+    let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = gatehouse_to(echo.addr, forwarding);
+    let payload = random_bytes(32 * 1024 * 1024, 7);
+    let mut client = connect(g.addr("front"));
+    let mut reader = client.try_clone().unwrap();
+    // Write and read at the same time: both directions flow at once.
+    let expected = payload.len();
+    let receiver = thread::spawn(move || {
+        let mut got = Vec::with_capacity(expected);
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    client.write_all(&payload).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let got = receiver.join().unwrap().expect("read echo");
+    assert_eq!(
+        got.len(),
+        payload.len(),
+        "bytes out ({}) != bytes in ({})",
+        got.len(),
+        payload.len()
+    );
+    assert!(got == payload, "echoed bytes differ from the bytes sent");
+    let (_, log) = g.stop(Duration::from_secs(10));
+    assert!(
+        log.contains(&format!("in={} out={}", payload.len(), payload.len())),
+        "close log lacks byte counts:\n{log}"
+    );
+}
+
+#[test]
+fn a_large_payload_round_trips_intact_with_splice() {
+    large_payload_round_trips_intact("splice");
+}
+
+#[test]
+fn a_large_payload_round_trips_intact_with_copy() {
+    large_payload_round_trips_intact("copy");
+}
+
+#[test]
+fn both_directions_carry_independent_streams_at_once() {
+    // The server sends its own stream while reading the client's: nothing is an echo.
+    let down = random_bytes(8 * 1024 * 1024, 11);
+    let up_len = 8 * 1024 * 1024;
+    let server_down = down.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
+        let mut w = s.try_clone().unwrap();
+        let data = server_down.clone();
+        let writer = thread::spawn(move || {
+            w.write_all(&data).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        tx.send(got).unwrap();
+    });
+    let g = gatehouse_to(backend.addr, "splice");
+    let up = random_bytes(up_len, 13);
+    let mut client = connect(g.addr("front"));
+    let mut reader = client.try_clone().unwrap();
+    let receiver = thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    client.write_all(&up).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let got_down = receiver.join().unwrap().unwrap();
+    let got_up = rx.recv_timeout(Duration::from_secs(20)).expect("server got the upload");
+    assert!(
+        got_up == up,
+        "client-to-server stream differs ({} of {} bytes)",
+        got_up.len(),
+        up.len()
+    );
+    assert!(
+        got_down == down,
+        "server-to-client stream differs ({} of {} bytes)",
+        got_down.len(),
+        down.len()
+    );
+}
+
+#[test]
+fn a_client_half_close_reaches_the_server_and_the_answer_still_flows_back() {
+    // The server reads until the client's FIN, then answers with what it counted.
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), |mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        s.write_all(format!("received {} bytes", got.len()).as_bytes()).unwrap();
+    });
+    let g = gatehouse_to(backend.addr, &std::env::var("FWD").unwrap_or("splice".into()));
+    let mut client = connect(g.addr("front"));
+    client.write_all(&[b'x'; 100_000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "received 100000 bytes");
+    let (_, log) = g.stop(Duration::from_secs(10));
+    assert!(
+        log.contains("client closed"),
+        "the close log names who closed first:\n{log}"
+    );
+}
+
+#[test]
+fn a_server_half_close_reaches_the_client_while_the_client_keeps_sending() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
+        s.write_all(b"hello").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        tx.send(got.len()).unwrap();
+    });
+    let g = gatehouse_to(backend.addr, "splice");
+    let mut client = connect(g.addr("front"));
+    let mut greeting = Vec::new();
+    client.read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"hello", "the server's FIN arrives as EOF after its bytes");
+    // The other direction is still open.
+    client.write_all(&[7u8; 50_000]).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 50_000);
+}
+
+#[test]
+fn a_server_reset_reaches_the_client_as_a_reset() {
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), |mut s| {
+        let mut b = [0u8; 5];
+        let _ = s.read_exact(&mut b);
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        drop(s);
+    });
+    let g = gatehouse_to(backend.addr, "splice");
+    let mut client = connect(g.addr("front"));
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    let r = client.read(&mut buf);
+    match r {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, got a read of {n} bytes (a FIN when n = 0)"),
+    }
+    assert!(g.wait_log("server reset", Duration::from_secs(5)), "{}", g.log());
+}
+
+#[test]
+fn a_client_reset_reaches_the_server_as_a_reset_with_splice() {
+    client_reset_reaches_the_server_as_a_reset("splice");
+}
+
+#[test]
+fn a_client_reset_reaches_the_server_as_a_reset_with_copy() {
+    client_reset_reaches_the_server_as_a_reset("copy");
+}
+
+fn client_reset_reaches_the_server_as_a_reset(forwarding: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let r = s.read(&mut buf);
+        tx.send(r.map_err(|e| e.kind())).unwrap();
+    });
+    let g = gatehouse_to(backend.addr, forwarding);
+    let mut client = connect(g.addr("front"));
+    client.write_all(b"ping").unwrap();
+    thread::sleep(Duration::from_millis(100));
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        r,
+        Err(ErrorKind::ConnectionReset),
+        "server saw {r:?} instead of a reset; log:\n{}",
+        g.log()
+    );
+    assert!(g.wait_log("client reset", Duration::from_secs(5)), "{}", g.log());
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_idle_timeout() {
+    let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = Gatehouse::start(&config(
+        &[server("only", echo.addr)],
+        "health = { check = \"none\" }",
+        "idle_timeout = \"300ms\"",
+    ));
+    let mut client = connect(g.addr("front"));
+    client.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    client.read_exact(&mut b).unwrap();
+    let started = std::time::Instant::now();
+    let r = client.read(&mut b);
+    assert!(
+        r.is_err() || r.as_ref().ok() == Some(&0),
+        "connection still open: {r:?}"
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "closed only after {waited:?}");
+    assert!(g.wait_log("idle timeout", Duration::from_secs(5)), "{}", g.log());
+}
+
+#[test]
+fn idle_connections_hold_no_pipes() {
+    // Each connection has moved bytes (so its pipes were used) and then sits idle:
+    // gatehouse must hold its two sockets and nothing more; only the bounded pool
+    // of spare pipes (64 per thread) may stay open.
+    let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = gatehouse_to(echo.addr, "splice");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", g.pid())).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    let n = 400;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = connect(g.addr("front"));
+        c.write_all(&[i as u8; 100]).unwrap();
+        let mut back = [0u8; 100];
+        c.read_exact(&mut back).unwrap();
+        clients.push(c);
+    }
+    let after = fds();
+    let per_connection = (after - before) as f64 / n as f64;
+    let pool_bound = 2 * 2 * 64 + 16; // two fds per pooled pipe, per worker thread, and slack
+    assert!(
+        after - before <= 2 * n + pool_bound,
+        "{n} idle connections hold {} fds ({per_connection:.2} each); with a pipe pair per connection it would be ~{}",
+        after - before,
+        6 * n
+    );
+    drop(clients);
+}
