@@ -206,7 +206,10 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
                 Err(e) => Response::json(422, &json!({ "result": "failure", "error": e.to_string() })),
             }
         }
-        (_, ["api", ..]) | (_, ["metrics"]) | (_, ["healthz"]) | (_, ["readyz"]) => {
+        // 405 only where another method would be served; an unknown API path is a 404.
+        (_, ["api", "v1", "status" | "reload"])
+        | (_, ["api", "v1", "servers", _, _, _])
+        | (_, ["" | "metrics" | "healthz" | "readyz"]) => {
             Response::error(405, format!("{} is not allowed on {}", req.method, req.path))
         }
         _ => Response::error(404, format!("nothing at {}", req.path)),

@@ -175,18 +175,29 @@ impl App {
         };
         self.resolution.update(&config.resolver);
         prime(&self.resolution, &changes.added, &checks).await;
-        let bound = match self.listeners.lock() {
-            Ok(mut l) => l.apply(&snapshot, settings(&config), &self.connections),
-            Err(_) => Ok(()),
+        // The admin listener is bound before the listeners change, so that a failure
+        // there leaves them untouched too.
+        let admin = match self.prepare_admin(config.admin.as_ref()) {
+            Ok(admin) => admin,
+            Err(e) => {
+                undo(&changes);
+                return Err(e);
+            }
         };
-        if let Err(e) = bound {
-            undo(&changes);
-            return Err(e.into());
-        }
-        if let Err(e) = self.apply_admin(config.admin.as_ref()) {
-            undo(&changes);
-            return Err(e);
-        }
+        let bound = match self.listeners.lock() {
+            Ok(mut l) => l
+                .apply(&snapshot, settings(&config), &self.connections)
+                .map(|()| l.take_stopped()),
+            Err(_) => Ok(Vec::new()),
+        };
+        let stopped = match bound {
+            Ok(stopped) => stopped,
+            Err(e) => {
+                undo(&changes);
+                return Err(e.into());
+            }
+        };
+        self.commit_admin(admin);
         self.admin_token.store(Arc::new(token));
         for s in &changes.removed {
             s.retire();
@@ -200,24 +211,42 @@ impl App {
         if let Ok(mut t) = self.loaded_at.lock() {
             *t = unix_now();
         }
+        // Removed addresses refuse connections before the reload is reported done.
+        for task in stopped {
+            let _ = task.await;
+        }
         Ok(())
     }
 
     fn apply_admin(self: &Arc<Self>, config: Option<&AdminConfig>) -> Result<(), LoadError> {
-        let Ok(mut current) = self.admin.lock() else {
-            return Ok(());
-        };
+        let admin = self.prepare_admin(config)?;
+        self.commit_admin(admin);
+        Ok(())
+    }
+
+    /// Binds the admin listener `config` asks for, if that is a change: `Some(new)`, to be
+    /// put in place by `commit_admin` (dropping it unused closes it again).
+    fn prepare_admin(
+        self: &Arc<Self>,
+        config: Option<&AdminConfig>,
+    ) -> Result<Option<Option<admin::Running>>, LoadError> {
         let wanted = config.map(|c| c.listen);
-        if current.as_ref().map(|r| r.configured) == wanted {
-            return Ok(());
+        let current = self.admin.lock().ok().and_then(|a| a.as_ref().map(|r| r.configured));
+        if current == wanted {
+            return Ok(None);
         }
-        *current = match wanted {
+        Ok(Some(match wanted {
             None => None,
             Some(addr) => {
                 Some(admin::start(addr, Arc::downgrade(self)).map_err(|source| LoadError::Admin { addr, source })?)
             }
-        };
-        Ok(())
+        }))
+    }
+
+    fn commit_admin(&self, admin: Option<Option<admin::Running>>) {
+        if let (Some(admin), Ok(mut current)) = (admin, self.admin.lock()) {
+            *current = admin;
+        }
     }
 
     /// Sets a server's operator state; `None` when there is no such server.

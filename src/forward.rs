@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -147,57 +148,68 @@ async fn both_ways(
     progress: &Progress,
     meter: &impl Meter,
 ) -> End {
-    let up = pump(client, server, mode, Direction::ClientToServer, progress, meter);
-    let down = pump(server, client, mode, Direction::ServerToClient, progress, meter);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
+    match mode {
+        #[cfg(target_os = "linux")]
+        Forwarding::Splice => both_ways_with::<splice::Pipe>(client, server, progress, meter).await,
+        #[cfg(not(target_os = "linux"))]
+        Forwarding::Splice => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
+        Forwarding::Copy => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
+    }
+}
+
+/// Both pumps driven by hand from one small future rather than two `async fn`s each
+/// holding its own readiness future: an idle connection costs less memory this way.
+async fn both_ways_with<C: Conduit>(
+    client: &TcpStream,
+    server: &TcpStream,
+    progress: &Progress,
+    meter: &impl Meter,
+) -> End {
+    let mut up = Pump::<C>::new(Direction::ClientToServer);
+    let mut down = Pump::<C>::new(Direction::ServerToClient);
     let mut first_closed: Option<End> = None;
-    while !(up_done && down_done) {
-        let (direction, result) = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; (Direction::ClientToServer, r) }
-            r = &mut down, if !down_done => { down_done = true; (Direction::ServerToClient, r) }
-        };
-        match (direction, result) {
-            (Direction::ClientToServer, Ok(())) => {
-                first_closed.get_or_insert(End::ClientClosed);
-            }
-            (Direction::ServerToClient, Ok(())) => {
-                first_closed.get_or_insert(End::ServerClosed);
-            }
-            // A read error is the source's reset; a write error, the destination's.
-            (Direction::ClientToServer, Err(Failed::Read)) | (Direction::ServerToClient, Err(Failed::Write)) => {
-                return End::ClientReset
-            }
-            (Direction::ServerToClient, Err(Failed::Read)) | (Direction::ClientToServer, Err(Failed::Write)) => {
-                return End::ServerReset
+    std::future::poll_fn(|cx| {
+        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…)
+        for (pump, src, dst, closed, src_reset, dst_reset) in [
+            (
+                &mut up,
+                client,
+                server,
+                End::ClientClosed,
+                End::ClientReset,
+                End::ServerReset,
+            ),
+            (
+                &mut down,
+                server,
+                client,
+                End::ServerClosed,
+                End::ServerReset,
+                End::ClientReset,
+            ),
+        ] {
+            match pump.poll(cx, src, dst, progress, meter) {
+                Poll::Ready(Ok(())) => {
+                    first_closed.get_or_insert(closed);
+                }
+                Poll::Ready(Err(Failed::Read)) => return Poll::Ready(src_reset),
+                Poll::Ready(Err(Failed::Write)) => return Poll::Ready(dst_reset),
+                Poll::Pending => {}
             }
         }
-    }
-    first_closed.unwrap_or(End::ClientClosed)
+        if up.done && down.done {
+            Poll::Ready(first_closed.unwrap_or(End::ClientClosed))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Which side of a one-way pump failed.
 enum Failed {
     Read,
     Write,
-}
-
-/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    mode: Forwarding,
-    direction: Direction,
-    progress: &Progress,
-    meter: &impl Meter,
-) -> Result<(), Failed> {
-    match mode {
-        #[cfg(target_os = "linux")]
-        Forwarding::Splice => pump_with::<splice::Pipe>(src, dst, direction, progress, meter).await,
-        #[cfg(not(target_os = "linux"))]
-        Forwarding::Splice => pump_with::<copy::Buffer>(src, dst, direction, progress, meter).await,
-        Forwarding::Copy => pump_with::<copy::Buffer>(src, dst, direction, progress, meter).await,
-    }
 }
 
 /// Where bytes wait between the read from one socket and the write to the other: a
@@ -215,56 +227,107 @@ trait Conduit: Sized {
     fn pending(&self) -> usize;
 }
 
-async fn pump_with<C: Conduit>(
-    src: &TcpStream,
-    dst: &TcpStream,
+/// Chunks moved in one poll before yielding, so one busy direction can't starve the
+/// other connections of its worker thread.
+const CHUNKS_PER_POLL: usize = 16;
+
+/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN.
+struct Pump<C> {
     direction: Direction,
-    progress: &Progress,
-    meter: &impl Meter,
-) -> Result<(), Failed> {
-    let mut conduit: Option<C> = None;
-    loop {
-        // Wait for bytes (or the end) without holding a pipe or buffer.
-        src.readable().await.map_err(|_| Failed::Read)?;
-        let c = match conduit.as_mut() {
-            Some(c) => c,
-            None => conduit.insert(C::take().map_err(|_| Failed::Read)?),
-        };
-        let n = match src.try_io(Interest::READABLE, || c.fill(src)) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Some(c) = conduit.take() {
+    conduit: Option<C>,
+    /// The source has ended; what the conduit holds is the last of it.
+    eof: bool,
+    done: bool,
+}
+
+impl<C: Conduit> Pump<C> {
+    fn new(direction: Direction) -> Self {
+        Pump {
+            direction,
+            conduit: None,
+            eof: false,
+            done: false,
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        progress: &Progress,
+        meter: &impl Meter,
+    ) -> Poll<Result<(), Failed>> {
+        if self.done {
+            return Poll::Pending;
+        }
+        for _ in 0..CHUNKS_PER_POLL {
+            // First pass on what the conduit holds.
+            if let Some(c) = self.conduit.as_mut() {
+                while c.pending() > 0 {
+                    match dst.poll_write_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(_)) => return Poll::Ready(Err(Failed::Write)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    match dst.try_io(Interest::WRITABLE, || c.flush(dst)) {
+                        Ok(sent) => {
+                            progress
+                                .counter(self.direction)
+                                .fetch_add(sent as u64, Ordering::Relaxed);
+                            progress.last_activity_ms.store(millis_since_start(), Ordering::Relaxed);
+                            meter.moved(self.direction, sent as u64);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // The conduit still holds bytes: it is dropped, not pooled.
+                        Err(_) => {
+                            self.conduit = None;
+                            return Poll::Ready(Err(Failed::Write));
+                        }
+                    }
+                }
+            }
+            if self.eof {
+                // The source's FIN: pass it on, and this direction is done.
+                self.done = true;
+                if let Some(c) = self.conduit.take() {
                     c.give();
                 }
-                continue;
+                return Poll::Ready(match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                    Err(_) => Err(Failed::Write),
+                });
             }
-            Err(_) => return Err(Failed::Read),
-        };
-        if n == 0 {
-            // The source's FIN: pass it on, and this direction is done.
-            if let Some(c) = conduit.take() {
-                c.give();
+            // Then take more from the source; wait for it without holding a conduit.
+            match src.poll_read_ready(cx) {
+                Poll::Pending => {
+                    if let Some(c) = self.conduit.take() {
+                        c.give();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Failed::Read)),
+                Poll::Ready(Ok(())) => {}
             }
-            return match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                Err(_) => Err(Failed::Write),
+            let c = match self.conduit.as_mut() {
+                Some(c) => c,
+                None => match C::take() {
+                    Ok(c) => self.conduit.insert(c),
+                    Err(_) => return Poll::Ready(Err(Failed::Read)),
+                },
             };
-        }
-        while c.pending() > 0 {
-            match dst.try_io(Interest::WRITABLE, || c.flush(dst)) {
-                Ok(sent) => {
-                    progress.counter(direction).fetch_add(sent as u64, Ordering::Relaxed);
-                    progress.last_activity_ms.store(millis_since_start(), Ordering::Relaxed);
-                    meter.moved(direction, sent as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    dst.writable().await.map_err(|_| Failed::Write)?;
-                }
-                // The conduit still holds bytes: it is dropped, not pooled.
-                Err(_) => return Err(Failed::Write),
+            match src.try_io(Interest::READABLE, || c.fill(src)) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                // Readiness was stale and is now cleared: the next poll registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Err(Failed::Read)),
             }
         }
+        // Budget spent with bytes still flowing: yield, and come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Listeners {
     bound: HashMap<SocketAddr, Bound>,
     /// Sockets handed over by systemd (socket activation), by local address.
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    /// Accept loops of addresses removed by the last `apply`, aborted: each closes its
+    /// socket when it is gone, which is a moment later, on a worker thread.
+    stopped: Vec<JoinHandle<()>>,
 }
 
 impl Listeners {
@@ -106,6 +109,7 @@ impl Listeners {
             .iter()
             .flat_map(|l| l.config.bind.iter().map(move |a| (*a, l)))
             .collect();
+        let stopped = &mut self.stopped;
         self.bound.retain(|addr, b| match wanted.get(addr) {
             Some(l) => {
                 b.listener.store(Arc::clone(l));
@@ -114,6 +118,7 @@ impl Listeners {
             }
             None => {
                 tracing::info!(%addr, "stopped listening");
+                stopped.extend(b.tasks.drain(..).inspect(JoinHandle::abort));
                 false
             }
         });
@@ -151,9 +156,16 @@ impl Listeners {
         Ok(())
     }
 
-    /// Stops accepting everywhere (at shutdown); established connections go on.
-    pub fn close_all(&mut self) {
-        self.bound.clear();
+    /// Stops accepting everywhere (at shutdown); established connections go on. The
+    /// sockets close only when their accept loops are gone: await the returned handles.
+    pub fn close_all(&mut self) -> Vec<JoinHandle<()>> {
+        let tasks = self.bound.drain().flat_map(|(_, mut b)| std::mem::take(&mut b.tasks));
+        tasks.inspect(JoinHandle::abort).collect()
+    }
+
+    /// The accept loops stopped by `apply`: awaiting them waits until their sockets are closed.
+    pub fn take_stopped(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.stopped)
     }
 
     /// (listener name, address actually bound) for every socket, port 0 resolved.

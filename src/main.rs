@@ -146,6 +146,9 @@ fn run(cli: &Cli) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Before READY=1: a SIGTERM or SIGHUP sent right after it must find its handler,
+        // not the default action, which ends the process.
+        let signals = install_signals();
         let app = match App::start(&cli.config, inherited).await {
             Ok(app) => app,
             Err(e) => {
@@ -165,20 +168,27 @@ fn run(cli: &Cli) -> ExitCode {
             bound.join(",")
         ));
         systemd::spawn_watchdog();
-        wait_for_signals(&app).await;
+        wait_for_signals(&app, signals).await;
         app.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Reloads on SIGHUP until SIGTERM or SIGINT arrives.
-async fn wait_for_signals(app: &std::sync::Arc<App>) {
+type Signals = [std::io::Result<tokio::signal::unix::Signal>; 3];
+
+/// SIGHUP, SIGTERM, SIGINT handlers; signals that arrive from here on are kept.
+fn install_signals() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+    [
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ]
+}
+
+/// Reloads on SIGHUP until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(app: &std::sync::Arc<App>, signals: Signals) {
+    let [Ok(mut hup), Ok(mut term), Ok(mut int)] = signals else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

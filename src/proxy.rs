@@ -5,8 +5,8 @@
 //! accept: a reload during the connection changes nothing for it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -18,22 +18,27 @@ use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::runtime::{millis_since_start, Listener, Server};
 
-/// What every connection shares: the shutdown signal and the count of connections.
+/// What every connection shares: the count of connections and the end of the drain.
+#[derive(Default)]
 pub struct Connections {
     active: AtomicUsize,
     idle: Notify,
-    /// Becomes true when the drain time is over: connections still open are closed.
-    close_all: watch::Sender<bool>,
+    /// Set when the drain time is over: connections still open are closed.
+    closing: AtomicBool,
 }
 
-impl Default for Connections {
-    fn default() -> Self {
-        Connections {
-            active: AtomicUsize::new(0),
-            idle: Notify::new(),
-            close_all: watch::channel(false).0,
-        }
-    }
+/// Wakes the connections that may have to be cut short: at the end of the drain time,
+/// and when an endpoint goes down (for backends with `on_down = "close"`). One signal
+/// for both keeps an idle connection small; each connection checks whether the
+/// wake-up concerns it.
+pub fn close_signal() -> &'static watch::Sender<u64> {
+    static SIGNAL: OnceLock<watch::Sender<u64>> = OnceLock::new();
+    SIGNAL.get_or_init(|| watch::channel(0).0)
+}
+
+/// Wakes every connection to check whether it must close.
+pub fn wake_for_close() {
+    close_signal().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl Connections {
@@ -57,7 +62,8 @@ impl Connections {
 
     /// Closes every connection still open (with a reset: their streams are cut short).
     pub fn close_all(&self) {
-        self.close_all.send_replace(true);
+        self.closing.store(true, Ordering::Release);
+        wake_for_close();
     }
 }
 
@@ -150,13 +156,19 @@ pub async fn serve(
     traffic.active.increment(1.0);
 
     // Forward until both sides are done, or gatehouse has to cut it short.
-    let mut close_all = conns.close_all.subscribe();
-    let mut server_down = server.close_generation.subscribe();
+    let mut woken = close_signal().subscribe();
     let close_on_down = backend.config.on_down == OnDown::Close;
     let stop = async {
-        tokio::select! {
-            _ = close_all.wait_for(|closing| *closing) => End::Shutdown,
-            _ = server_down.changed(), if close_on_down => End::ServerDown,
+        loop {
+            if conns.closing.load(Ordering::Acquire) {
+                return End::Shutdown;
+            }
+            if close_on_down && !conn.endpoint.is_up() {
+                return End::ServerDown;
+            }
+            if woken.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     };
     let meter = TrafficMeter { traffic, server };

@@ -149,8 +149,6 @@ pub struct Server {
     pub connections: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    /// Bumped when its connections must be closed (`on_down = "close"`).
-    pub close_generation: watch::Sender<u64>,
     /// Set once the server has left the config: its resolver and checks stop.
     retired: AtomicBool,
     pub metrics: ServerMetrics,
@@ -175,7 +173,6 @@ impl Server {
             connections: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            close_generation: watch::channel(0).0,
             retired: AtomicBool::new(false),
             metrics: ServerMetrics::new(backend, &config.name),
             round_robin: Picker::default(),
@@ -237,8 +234,16 @@ impl Server {
             return false;
         }
         if up {
-            endpoint.up_since_ms.store(millis_since_start(), Ordering::Release);
+            // Never 0, which `ramp` reads as "up since start": the clock starts lazily, so
+            // the first transition of a process with no traffic yet would read 0.
+            endpoint
+                .up_since_ms
+                .store(millis_since_start().max(1), Ordering::Release);
             endpoint.connect_failures.store(0, Ordering::Release);
+        }
+        if !up {
+            // Connections to it may have to close (`on_down = "close"`).
+            crate::proxy::wake_for_close();
         }
         self.refresh_available(Some(reason));
         true
@@ -257,9 +262,6 @@ impl Server {
                 tracing::info!(backend = %self.backend, server = %self.name, "server {} {state}: {reason}", self.label());
             } else {
                 tracing::warn!(backend = %self.backend, server = %self.name, "server {} {state}: {reason}", self.label());
-            }
-            if !any_up {
-                self.close_generation.send_modify(|g| *g += 1);
             }
         }
         self.publish_state();

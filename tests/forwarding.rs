@@ -246,7 +246,11 @@ fn idle_connections_hold_no_pipes() {
     // of spare pipes (64 per thread) may stay open.
     let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
     let g = gatehouse_to(echo.addr, "splice");
-    let fds = || std::fs::read_dir(format!("/proc/{}/fd", g.pid())).map(|d| d.count()).unwrap_or(0);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let before = fds();
     let n = 400;
     let mut clients = Vec::with_capacity(n);

@@ -1,0 +1,1013 @@
+//! Health checks and failover through the real binary: an HTTPS `/readyz` that wants a
+//! client certificate and flips between 200 and 500, tls and http checks with their
+//! reasons, failover under traffic, a silent server caught by passive checks, backup
+//! servers, `on_down`, slow start, and clients refused at once when no server is up.
+//!
+//! Detection bounds are derived from the check settings: `fall` (or `rise`) jittered
+//! intervals (+10 %) plus the check timeout, plus a fixed slack for scheduling on a busy
+//! machine and for the test's polling of the status API. Measured figures are printed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Scheduling and status-polling slack added to every derived detection bound.
+const SLACK: Duration = Duration::from_millis(1000);
+
+/// `n` jittered intervals (at most +10 %) plus one check timeout plus [`SLACK`].
+fn bound(n: u32, interval: Duration, timeout: Duration) -> Duration {
+    interval.mul_f64(1.1) * n + timeout + SLACK
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn on_fresh_ip() -> SocketAddr {
+    SocketAddr::new(fresh_ip().into(), 0)
+}
+
+// ---------------------------------------------------------------------------
+// Certificates and a TLS `/readyz` server
+// ---------------------------------------------------------------------------
+
+/// A server CA, a server certificate for "kubernetes" and 127.0.0.1 signed by it, a
+/// client CA and a client certificate signed by that, as files and as rustls material.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: Vec<u8>,
+    /// A certificate for "kubernetes" from an issuer gatehouse does not trust.
+    untrusted_chain: Vec<CertificateDer<'static>>,
+    untrusted_key: Vec<u8>,
+    client_ca: CertificateDer<'static>,
+}
+
+fn new_ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert, Issuer::new(params, key))
+}
+
+fn leaf(
+    names: &[&str],
+    cn: &str,
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, KeyPair>,
+) -> (rcgen::Certificate, KeyPair) {
+    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert, key)
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_cert, ca) = new_ca("gatehouse test server CA");
+        let (server_cert, server_key) = leaf(
+            &["kubernetes", "127.0.0.1"],
+            "kube-apiserver",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &ca,
+        );
+        let (client_ca_cert, client_ca) = new_ca("gatehouse test client CA");
+        let (client_cert, client_key) = leaf(
+            &["gatehouse-health"],
+            "gatehouse-health",
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &client_ca,
+        );
+        let (rogue_ca_cert, rogue_ca) = new_ca("a CA nobody trusts");
+        let (untrusted_cert, untrusted_key) = leaf(
+            &["kubernetes", "127.0.0.1"],
+            "impostor",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &rogue_ca,
+        );
+        let write = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca_path = write("ca.pem", ca_cert.pem());
+        let client_cert_path = write("client.pem", client_cert.pem());
+        let client_key_path = write("client-key.pem", client_key.serialize_pem());
+        Pki {
+            ca: ca_path,
+            client_cert: client_cert_path,
+            client_key: client_key_path,
+            server_chain: vec![server_cert.der().clone(), ca_cert.der().clone()],
+            server_key: server_key.serialize_der(),
+            untrusted_chain: vec![untrusted_cert.der().clone(), rogue_ca_cert.der().clone()],
+            untrusted_key: untrusted_key.serialize_der(),
+            client_ca: client_ca_cert.der().clone(),
+            _dir: dir,
+        }
+    }
+
+    /// A server config presenting the server certificate; with `require_client` it
+    /// refuses any client without a certificate from the client CA.
+    fn server_config(&self, require_client: bool, trusted: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.client_ca.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let (chain, key) = if trusted {
+            (&self.server_chain, &self.server_key)
+        } else {
+            (&self.untrusted_chain, &self.untrusted_key)
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone()));
+        Arc::new(builder.with_single_cert(chain.clone(), key).unwrap())
+    }
+
+    /// The `health = { ... }` line of an https check, with or without the client certificate.
+    fn https_health(&self, with_client_cert: bool) -> String {
+        let client = if with_client_cert {
+            format!(
+                r#", cert = "{}", key = "{}""#,
+                self.client_cert.display(),
+                self.client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"health = {{ check = "https", path = "/readyz", expect = 200, body = "ok", interval = "200ms", timeout = "500ms", rise = 2, fall = 2, sni = "kubernetes", ca = "{}"{client} }}"#,
+            self.ca.display()
+        )
+    }
+}
+
+/// A TLS server answering `GET /readyz` with the status in `status` ("ok" with 200).
+struct Readyz {
+    backend: Backend,
+    status: Arc<AtomicU16>,
+    /// Requests answered, each from a client that presented a verified certificate
+    /// (when the server requires one).
+    answered: Arc<AtomicUsize>,
+    answered_with_cert: Arc<AtomicUsize>,
+    /// Connections that ended before a request arrived (a handshake refused, or a
+    /// `tls` check that only shakes hands).
+    no_request: Arc<AtomicUsize>,
+}
+
+impl Readyz {
+    fn start(config: Arc<rustls::ServerConfig>) -> Readyz {
+        let status = Arc::new(AtomicU16::new(200));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let answered_with_cert = Arc::new(AtomicUsize::new(0));
+        let no_request = Arc::new(AtomicUsize::new(0));
+        let backend = {
+            let (status, answered, with_cert, no_request) = (
+                status.clone(),
+                answered.clone(),
+                answered_with_cert.clone(),
+                no_request.clone(),
+            );
+            Backend::serve(on_fresh_ip(), move |tcp| {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(3)));
+                let _ = tcp.set_write_timeout(Some(Duration::from_secs(3)));
+                let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => {
+                            no_request.fetch_add(1, Ordering::AcqRel);
+                            return;
+                        }
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let (code, body) = if request.starts_with(b"GET /readyz ") {
+                    match status.load(Ordering::Acquire) {
+                        200 => (200, "ok"),
+                        c => (c, "[-]etcd failed: reason withheld\nreadyz check failed"),
+                    }
+                } else {
+                    (404, "not found")
+                };
+                if tls.conn.peer_certificates().is_some() {
+                    with_cert.fetch_add(1, Ordering::AcqRel);
+                }
+                answered.fetch_add(1, Ordering::AcqRel);
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            })
+        };
+        Readyz {
+            backend,
+            status,
+            answered,
+            answered_with_cert,
+            no_request,
+        }
+    }
+
+    fn set(&self, code: u16) {
+        self.status.store(code, Ordering::Release);
+    }
+}
+
+/// A plain HTTP server answering every request with a fixed status and body.
+fn http_server(code: u16, body: &'static str) -> Backend {
+    Backend::serve(on_fresh_ip(), move |mut s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Status API helpers
+// ---------------------------------------------------------------------------
+
+/// The status document of server `pool/name`.
+fn server_doc(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let v = status(admin);
+    for b in v["backends"].as_array().into_iter().flatten() {
+        for s in b["servers"].as_array().into_iter().flatten() {
+            if b["name"] == "pool" && s["name"] == name {
+                return s.clone();
+            }
+        }
+    }
+    panic!("no server pool/{name} in status: {v:#}")
+}
+
+fn state(admin: SocketAddr, name: &str) -> String {
+    server_state(admin, "pool", name)
+}
+
+/// Waits (bounded) for `pool/name` to reach `want`; returns how long it took.
+fn wait_state(admin: SocketAddr, name: &str, want: &str, timeout: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    wait_until(timeout, || state(admin, name) == want).then(|| started.elapsed())
+}
+
+/// One short client: connect, read the name line of a `Backend::named`, close.
+fn one_client(front: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    match read_line(&mut s) {
+        Ok(name) if !name.is_empty() => Ok(name),
+        Ok(_) => Err("closed without a name".into()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// Names seen by `n` sequential clients, counted.
+fn names(front: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for i in 0..n {
+        let name = one_client(front).unwrap_or_else(|e| panic!("client {i} of {n} failed: {e}"));
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    seen
+}
+
+// ---------------------------------------------------------------------------
+// 1. https /readyz with a client certificate; tls; http
+// ---------------------------------------------------------------------------
+
+#[test]
+fn https_readyz_check_follows_a_server_flipping_between_200_and_500() {
+    let pki = Pki::new();
+    let api = Readyz::start(pki.server_config(true, true));
+    let g = Gatehouse::start(&config(&[server("api", api.backend.addr)], &pki.https_health(true), ""));
+    let admin = g.admin();
+    assert_eq!(
+        state(admin, "api"),
+        "up",
+        "first check of a 200 /readyz: {:#}",
+        server_doc(admin, "api")
+    );
+    assert!(
+        api.answered_with_cert.load(Ordering::Acquire) >= 1,
+        "the check asked /readyz with a client certificate"
+    );
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(500));
+
+    let flipped = Instant::now();
+    api.set(500);
+    let down_bound = bound(2, interval, timeout);
+    let down = wait_state(admin, "api", "down", Duration::from_secs(10));
+    let down_after = flipped.elapsed();
+    let down_ms = ms(down_after);
+    assert!(down.is_some(), "still up {down_ms} ms after /readyz turned 500");
+    assert!(
+        down_after <= down_bound,
+        "down after {down_ms} ms, bound fall × interval × 1.1 + timeout + slack = {} ms",
+        ms(down_bound)
+    );
+    let doc = server_doc(admin, "api");
+    let reason = doc["last_change_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("returned 500") && reason.contains("(2/2)"),
+        "down reason {reason:?}: {doc:#}"
+    );
+    assert!(
+        g.log()
+            .contains("server pool/api DOWN: https /readyz returned 500 (2/2)"),
+        "log of the transition:\n{}",
+        g.log()
+    );
+
+    let flipped_back = Instant::now();
+    api.set(200);
+    let up_bound = bound(2, interval, timeout);
+    let up = wait_state(admin, "api", "up", Duration::from_secs(10));
+    let up_after = flipped_back.elapsed();
+    let up_ms = ms(up_after);
+    assert!(up.is_some(), "still down {up_ms} ms after /readyz turned 200");
+    assert!(
+        up_after <= up_bound,
+        "up after {up_ms} ms, bound rise × interval × 1.1 + timeout + slack = {} ms",
+        ms(up_bound)
+    );
+    let reason = server_doc(admin, "api")["last_change_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("returned 200 (2/2)"), "up reason {reason:?}");
+    println!(
+        "https /readyz (interval 200ms, timeout 500ms, rise 2, fall 2): down after {down_ms} ms (bound {} ms), up after {up_ms} ms (bound {} ms)",
+        ms(down_bound),
+        ms(up_bound)
+    );
+}
+
+#[test]
+fn https_check_without_the_client_certificate_is_refused_and_stays_down() {
+    let pki = Pki::new();
+    let api = Readyz::start(pki.server_config(true, true));
+    let g = Gatehouse::start(&config(
+        &[server("api", api.backend.addr)],
+        &pki.https_health(false),
+        "",
+    ));
+    let admin = g.admin();
+    // Several rounds: none of them may bring it up.
+    let refused = wait_until(Duration::from_secs(5), || api.no_request.load(Ordering::Acquire) >= 4);
+    let doc = server_doc(admin, "api");
+    let result = doc["check"]["last_result"].as_str().unwrap_or_default().to_string();
+    assert!(
+        refused,
+        "the server saw {} refused handshakes",
+        api.no_request.load(Ordering::Acquire)
+    );
+    assert_eq!(doc["state"], "down", "{doc:#}");
+    assert_eq!(
+        api.answered.load(Ordering::Acquire),
+        0,
+        "no request got past the handshake"
+    );
+    assert!(
+        result.contains("https /readyz") && result.to_lowercase().contains("certificate"),
+        "last result names the refused certificate: {result:?}"
+    );
+    println!("https check without a client certificate: down, last result {result:?}");
+}
+
+#[test]
+fn tls_check_needs_a_handshake_with_a_trusted_certificate() {
+    let pki = Pki::new();
+    let good = Readyz::start(pki.server_config(false, true));
+    let impostor = Readyz::start(pki.server_config(false, false));
+    let plain = Backend::named(on_fresh_ip(), "not-tls");
+    let health = format!(
+        r#"health = {{ check = "tls", sni = "kubernetes", ca = "{}", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }}"#,
+        pki.ca.display()
+    );
+    let g = Gatehouse::start(&config(
+        &[
+            server("good", good.backend.addr),
+            server("impostor", impostor.backend.addr),
+            server("plain", plain.addr),
+        ],
+        &health,
+        "",
+    ));
+    let admin = g.admin();
+    let docs: Vec<_> = ["good", "impostor", "plain"]
+        .iter()
+        .map(|n| server_doc(admin, n))
+        .collect();
+    assert_eq!(docs[0]["state"], "up", "{:#}", docs[0]);
+    assert!(
+        wait_until(Duration::from_secs(5), || good.no_request.load(Ordering::Acquire) >= 1),
+        "the check shook hands with the good server"
+    );
+    for doc in &docs[1..] {
+        let reason = doc["last_change_reason"].as_str().unwrap_or_default();
+        let result = doc["check"]["last_result"].as_str().unwrap_or_default();
+        assert_eq!(doc["state"], "down", "{doc:#}");
+        assert!(
+            reason.contains("tls handshake") && result.contains("tls handshake"),
+            "reason {reason:?}, last result {result:?}"
+        );
+    }
+    let impostor_reason = docs[1]["check"]["last_result"].as_str().unwrap_or_default();
+    assert!(
+        impostor_reason.contains("UnknownIssuer"),
+        "a certificate from another CA is refused: {impostor_reason:?}"
+    );
+    println!(
+        "tls check: impostor {:?}; plain {:?}",
+        impostor_reason, docs[2]["check"]["last_result"]
+    );
+}
+
+#[test]
+fn http_check_wants_a_listed_status_and_the_body_string() {
+    let s200 = http_server(200, "ok");
+    let s204 = http_server(204, "ok");
+    let s503 = http_server(503, "ok");
+    let starting = http_server(200, "starting");
+    let g = Gatehouse::start(&config(
+        &[
+            server("s200", s200.addr),
+            server("s204", s204.addr),
+            server("s503", s503.addr),
+            server("starting", starting.addr),
+        ],
+        r#"health = { check = "http", path = "/readyz", expect = [200, 204], body = "ok", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }"#,
+        "",
+    ));
+    let admin = g.admin();
+    for name in ["s200", "s204"] {
+        let doc = server_doc(admin, name);
+        assert_eq!(doc["state"], "up", "{doc:#}");
+        assert_eq!(doc["check"]["last_result"], "ok", "{doc:#}");
+    }
+    let cases = [
+        ("s503", "http /readyz returned 503"),
+        ("starting", "http /readyz returned 200 without \"ok\" in the body"),
+    ];
+    for (name, why) in cases {
+        let doc = server_doc(admin, name);
+        let reason = doc["last_change_reason"].as_str().unwrap_or_default();
+        let result = doc["check"]["last_result"].as_str().unwrap_or_default();
+        assert_eq!(doc["state"], "down", "{doc:#}");
+        assert!(reason.contains(why), "{name}: reason {reason:?} lacks {why:?}");
+        assert!(result.contains(why), "{name}: last result {result:?} lacks {why:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Failover under traffic
+// ---------------------------------------------------------------------------
+
+#[test]
+fn failover_under_traffic_loses_no_connection() {
+    let a = Backend::named(on_fresh_ip(), "a");
+    let b = Backend::named(on_fresh_ip(), "b");
+    let c = Backend::named(on_fresh_ip(), "c");
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(500));
+    let g = Gatehouse::start(&config(
+        &[server("a", a.addr), server("b", b.addr), server("c", c.addr)],
+        r#"retries = 2
+health = { check = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }"#,
+        "",
+    ));
+    let (admin, front) = (g.admin(), g.addr("front"));
+    const CLIENTS: usize = 300;
+    const KILL_AT: usize = 100;
+    let (kill_now, kill_rx) = mpsc::channel::<()>();
+    let (killed, killed_rx) = mpsc::channel::<()>();
+    let traffic = thread::spawn(move || {
+        let mut failures = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut after_kill: HashMap<String, usize> = HashMap::new();
+        for i in 0..CLIENTS {
+            if i == KILL_AT {
+                // Killed between two clients: the claim is about new connections.
+                kill_now.send(()).unwrap();
+                killed_rx.recv_timeout(Duration::from_secs(10)).expect("server killed");
+            }
+            match one_client(front) {
+                Ok(name) => {
+                    *seen.entry(name.clone()).or_insert(0) += 1;
+                    if i >= KILL_AT {
+                        *after_kill.entry(name).or_insert(0) += 1;
+                    }
+                }
+                Err(e) => failures.push(format!("client {i}: {e}")),
+            }
+            // Pacing, not synchronisation: spreads the clients over the detection window.
+            thread::sleep(Duration::from_millis(5));
+        }
+        (failures, seen, after_kill)
+    });
+    kill_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("traffic reached the kill point");
+    let killed_at = Instant::now();
+    b.kill();
+    killed.send(()).unwrap();
+    let marked = wait_state(admin, "b", "down", Duration::from_secs(10));
+    let detection = killed_at.elapsed();
+    let (failures, seen, after_kill) = traffic.join().unwrap();
+    let detection_bound = bound(2, interval, timeout);
+    let doc = server_doc(admin, "b");
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} clients failed (detection {} ms): {failures:?}",
+        failures.len(),
+        ms(detection)
+    );
+    assert!(
+        marked.is_some(),
+        "b not marked down {} ms after the kill",
+        ms(detection)
+    );
+    assert!(
+        detection <= detection_bound,
+        "b marked down {} ms after the kill; bound fall × interval × 1.1 + timeout + slack = {} ms; failed connections: {}",
+        ms(detection),
+        ms(detection_bound),
+        failures.len()
+    );
+    assert!(
+        seen.get("a").copied().unwrap_or(0) > 0 && seen.get("c").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+    assert_eq!(
+        after_kill.get("b"),
+        None,
+        "no client reached b after its kill: {after_kill:?}"
+    );
+    println!(
+        "failover under traffic: {CLIENTS} clients, server killed at client {KILL_AT}: {} failed connections, detection {} ms (bound {} ms; reason {:?}); spread {seen:?}",
+        failures.len(),
+        ms(detection),
+        ms(detection_bound),
+        doc["last_change_reason"]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. A silent server
+// ---------------------------------------------------------------------------
+
+/// Clients through a backend of `silent` (connects time out) and a good server: all
+/// served, the silent one marked down by passive checks.
+fn silent_server_is_marked_down_by_traffic(silent: SocketAddr) {
+    let good = Backend::named(on_fresh_ip(), "good");
+    let g = Gatehouse::start(&config(
+        &[server("silent", silent), server("good", good.addr)],
+        r#"health = { check = "none" }
+error_limit = 2
+retries = 1
+connect_timeout = "300ms""#,
+        "",
+    ));
+    let (admin, front) = (g.admin(), g.addr("front"));
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for i in 0..20 {
+        match one_client(front) {
+            Ok(name) => *seen.entry(name).or_insert(0) += 1,
+            Err(e) => failures.push(format!("client {i}: {e}")),
+        }
+    }
+    let took = started.elapsed();
+    let doc = server_doc(admin, "silent");
+    assert!(failures.is_empty(), "clients failed: {failures:?}");
+    assert_eq!(seen.get("good"), Some(&20), "{seen:?}");
+    assert_eq!(doc["state"], "down", "{doc:#}");
+    let reason = doc["last_change_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("2 consecutive connect failures") && reason.contains("timed out"),
+        "{reason:?}"
+    );
+    assert!(
+        g.wait_log("consecutive connect failures", Duration::from_secs(5)),
+        "log:\n{}",
+        g.log()
+    );
+    println!(
+        "silent server: 20 clients served by the other server in {} ms, silent one down: {reason:?}",
+        ms(took)
+    );
+}
+
+/// Without root: a listener that never accepts, its accept queue (backlog 1) filled,
+/// so that the kernel drops new SYNs: connects time out, as to a host that is gone.
+#[test]
+fn silent_server_with_a_full_accept_queue_is_marked_down_by_traffic() {
+    let ip = fresh_ip();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
+    socket.listen(1).unwrap();
+    let silent = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        if let Ok(s) = TcpStream::connect_timeout(&silent, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    match TcpStream::connect_timeout(&silent, Duration::from_millis(300)) {
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
+        other => skip!("a full accept queue does not drop SYNs on this kernel (probe: {other:?})"),
+    }
+    silent_server_is_marked_down_by_traffic(silent);
+    drop(fillers);
+}
+
+/// A network namespace this test creates, behind a veth pair; frames to its address
+/// are sent to a MAC nobody has, so the namespace drops them silently.
+struct DropNamespace {
+    name: String,
+    veth: String,
+    addr: Ipv4Addr,
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl DropNamespace {
+    fn create() -> Result<DropNamespace, String> {
+        let id = std::process::id() % 10000;
+        let n = (std::process::id() % 60) as u8;
+        let ns = DropNamespace {
+            name: format!("gh-silent-{id}"),
+            veth: format!("ghs{id}a"),
+            // RFC 2544 benchmarking range: never a real network.
+            addr: Ipv4Addr::new(198, 18, 200, 4 * n + 2),
+        };
+        let peer = format!("ghs{id}b");
+        let local = Ipv4Addr::new(198, 18, 200, 4 * n + 1);
+        let (local_cidr, addr_cidr) = (format!("{local}/30"), format!("{}/30", ns.addr));
+        let addr = ns.addr.to_string();
+        run(&["ip", "netns", "add", &ns.name])?;
+        run(&["ip", "link", "add", &ns.veth, "type", "veth", "peer", "name", &peer])?;
+        run(&["ip", "link", "set", &peer, "netns", &ns.name])?;
+        run(&[
+            "ip", "netns", "exec", &ns.name, "ip", "addr", "add", &addr_cidr, "dev", &peer,
+        ])?;
+        run(&["ip", "netns", "exec", &ns.name, "ip", "link", "set", &peer, "up"])?;
+        run(&["ip", "addr", "add", &local_cidr, "dev", &ns.veth])?;
+        run(&["ip", "link", "set", &ns.veth, "up"])?;
+        // Frames for the namespace's address go to a MAC it does not have: dropped there.
+        run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            "02:00:5e:00:53:01",
+            "dev",
+            &ns.veth,
+            "nud",
+            "permanent",
+        ])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for DropNamespace {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "link", "del", &self.veth]);
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// With root: a server in a network namespace whose packets are dropped on the wire.
+#[test]
+fn silent_server_in_a_dropping_network_namespace_is_marked_down_by_traffic() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip!("needs root to create a network namespace and a veth pair");
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        skip!("needs the `ip` tool (iproute2)");
+    }
+    let ns = match DropNamespace::create() {
+        Ok(ns) => ns,
+        Err(e) => skip!("cannot set up a network namespace here: {e}"),
+    };
+    let silent = SocketAddr::new(IpAddr::V4(ns.addr), 6443);
+    match TcpStream::connect_timeout(&silent, Duration::from_millis(300)) {
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
+        other => skip!("packets to the namespace are not silently dropped (probe: {other:?})"),
+    }
+    silent_server_is_marked_down_by_traffic(silent);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Backup servers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn backup_takes_over_only_when_all_primaries_are_down_and_hands_back() {
+    let p1 = Backend::named(on_fresh_ip(), "p1");
+    let p2 = Backend::named(on_fresh_ip(), "p2");
+    let spare = Backend::named(on_fresh_ip(), "spare");
+    let p1_addr = p1.addr;
+    let g = Gatehouse::start(&config(
+        &[
+            server("p1", p1.addr),
+            server("p2", p2.addr),
+            format!(r#"{{ name = "spare", address = "{}", backup = true }}"#, spare.addr),
+        ],
+        r#"retries = 2
+health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall = 1 }"#,
+        "",
+    ));
+    let (admin, front) = (g.admin(), g.addr("front"));
+    let wait = Duration::from_secs(10);
+
+    let all_up = names(front, 12);
+    assert_eq!(all_up.len(), 2, "both primaries, no backup: {all_up:?}");
+    assert!(!all_up.contains_key("spare"), "{all_up:?}");
+
+    p1.kill();
+    assert!(wait_state(admin, "p1", "down", wait).is_some());
+    let one_up = names(front, 12);
+    assert_eq!(
+        one_up.get("p2"),
+        Some(&12),
+        "one primary left takes all, not the backup: {one_up:?}"
+    );
+
+    p2.kill();
+    assert!(wait_state(admin, "p2", "down", wait).is_some());
+    let none_up = names(front, 12);
+    assert_eq!(
+        none_up.get("spare"),
+        Some(&12),
+        "all primaries down: the backup: {none_up:?}"
+    );
+
+    let _p1 = Backend::named(p1_addr, "p1");
+    assert!(wait_state(admin, "p1", "up", wait).is_some());
+    let back = names(front, 12);
+    assert_eq!(
+        back.get("p1"),
+        Some(&12),
+        "a primary back: the backup hands back: {back:?}"
+    );
+    println!("backup: all up {all_up:?}; p1 down {one_up:?}; both down {none_up:?}; p1 back {back:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. on_down
+// ---------------------------------------------------------------------------
+
+/// One echo server checked on a separate port; a client connected through gatehouse;
+/// then the check port closes and the server is marked down (its traffic port still works).
+fn established_connection_then_server_down(on_down: &str) -> (Gatehouse, TcpStream, Backend) {
+    let ip = fresh_ip();
+    let echo = Backend::echo(SocketAddr::new(ip.into(), 0));
+    let check = Backend::echo(SocketAddr::new(ip.into(), 0));
+    let g = Gatehouse::start(&config(
+        &[server("only", echo.addr)],
+        &format!(
+            r#"{on_down}
+health = {{ check = "tcp", port = {}, interval = "200ms", timeout = "300ms", rise = 1, fall = 1 }}"#,
+            check.addr.port()
+        ),
+        "",
+    ));
+    assert_eq!(state(g.admin(), "only"), "up");
+    let mut client = connect(g.addr("front"));
+    client.write_all(b"before\n").unwrap();
+    assert_eq!(read_line(&mut client).unwrap(), "before");
+    check.kill();
+    assert!(
+        wait_state(g.admin(), "only", "down", Duration::from_secs(10)).is_some(),
+        "down once its check port closed"
+    );
+    (g, client, echo)
+}
+
+#[test]
+fn on_down_close_resets_established_connections() {
+    let (g, mut client, _echo) = established_connection_then_server_down(r#"on_down = "close""#);
+    let mut buf = [0u8; 16];
+    let r = client.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the established connection is reset when its server goes down: {r:?}"
+    );
+    assert!(
+        g.wait_log("in=7 out=7 server down", Duration::from_secs(5)),
+        "close log:\n{}",
+        g.log()
+    );
+}
+
+#[test]
+fn on_down_keep_lets_established_connections_flow() {
+    let (g, mut client, _echo) = established_connection_then_server_down("");
+    client.write_all(b"after\n").unwrap();
+    assert_eq!(
+        read_line(&mut client).unwrap(),
+        "after",
+        "the established connection still flows to its down server"
+    );
+    drop(client);
+    assert!(
+        g.wait_log("in=13 out=13 client closed", Duration::from_secs(5)),
+        "close log:\n{}",
+        g.log()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. slow_start
+// ---------------------------------------------------------------------------
+
+#[test]
+fn slow_start_ramps_a_returning_server_up() {
+    let steady = Backend::named(on_fresh_ip(), "steady");
+    // Its address, refused until the server starts: down at the first check.
+    let returning_addr = TcpListener::bind(on_fresh_ip()).unwrap().local_addr().unwrap();
+    let window = Duration::from_secs(3);
+    let g = Gatehouse::start(&config(
+        &[server("steady", steady.addr), server("returning", returning_addr)],
+        r#"slow_start = "3s"
+retries = 1
+health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall = 1 }"#,
+        "",
+    ));
+    let (admin, front) = (g.admin(), g.addr("front"));
+    assert_eq!(state(admin, "returning"), "down");
+
+    let _returning = Backend::named(returning_addr, "returning");
+    assert!(wait_state(admin, "returning", "up", Duration::from_secs(10)).is_some());
+    let up_at = Instant::now();
+    let early = names(front, 150);
+    let early_span = up_at.elapsed();
+    let (e_ret, e_steady) = (
+        early.get("returning").copied().unwrap_or(0),
+        early.get("steady").copied().unwrap_or(0),
+    );
+
+    // Past the window: full share.
+    let left = (window + Duration::from_millis(300)).saturating_sub(up_at.elapsed());
+    thread::sleep(left);
+    let late = names(front, 100);
+    let (l_ret, l_steady) = (
+        late.get("returning").copied().unwrap_or(0),
+        late.get("steady").copied().unwrap_or(0),
+    );
+    let figures = format!(
+        "first {} ms of a {} ms window: returning {e_ret} / steady {e_steady}; after the window: returning {l_ret} / steady {l_steady}",
+        ms(early_span),
+        ms(window)
+    );
+    assert!(
+        early_span < window / 2,
+        "the early clients ran into the second half of the window: {figures}"
+    );
+    assert!(e_ret > 0, "the returning server is in the rotation: {figures}");
+    assert!(
+        e_ret * 3 < e_steady,
+        "early in the window the returning server gets clearly fewer (< 1/4): {figures}"
+    );
+    assert!(
+        l_ret * 10 >= l_steady * 8,
+        "after the window it takes its full share: {figures}"
+    );
+    println!("slow start: {figures}");
+}
+
+// ---------------------------------------------------------------------------
+// 7. All servers down
+// ---------------------------------------------------------------------------
+
+fn rejected_no_server(admin: SocketAddr) -> u64 {
+    let (_, body) = http(admin, "GET", "/metrics", &[]);
+    body.lines()
+        .filter(|l| l.starts_with("gatehouse_connections_rejected_total{") && l.contains(r#"reason="no_server""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn all_servers_down_closes_new_clients_at_once_with_a_rate_limited_log() {
+    let g = Gatehouse::start(&config(
+        &[server("gone", refused_addr())],
+        r#"connect_timeout = "3s"
+health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 2, fall = 2 }"#,
+        "",
+    ));
+    let (admin, front) = (g.admin(), g.addr("front"));
+    assert_eq!(state(admin, "gone"), "down");
+    const CLIENTS: usize = 100;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..CLIENTS {
+        let t = Instant::now();
+        let mut s = connect(front);
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf);
+        slowest = slowest.max(t.elapsed());
+        assert!(
+            matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "client {i} is closed: {r:?}"
+        );
+    }
+    let span = started.elapsed();
+    assert!(
+        slowest < Duration::from_secs(3),
+        "closed without waiting for a connect (connect_timeout 3s): slowest {} ms",
+        ms(slowest)
+    );
+    let counted = wait_until(Duration::from_secs(5), || rejected_no_server(admin) >= CLIENTS as u64);
+    let rejected = rejected_no_server(admin);
+    assert!(
+        counted && rejected == CLIENTS as u64,
+        "rejected no_server = {rejected}, want {CLIENTS}"
+    );
+    assert!(g.wait_log("client rejected", Duration::from_secs(5)));
+    let lines = g.log().lines().filter(|l| l.contains("client rejected")).count();
+    // At most one line a second, plus one at the edge of a second.
+    let allowed = span.as_secs() as usize + 2;
+    assert!(
+        (1..=allowed).contains(&lines),
+        "{lines} \"client rejected\" lines for {CLIENTS} clients in {} ms (allowed {allowed})",
+        ms(span)
+    );
+    println!(
+        "all servers down: {CLIENTS} clients closed in {} ms (slowest {} ms), {rejected} counted, {lines} log line(s)",
+        ms(span),
+        ms(slowest)
+    );
+}
