@@ -671,7 +671,7 @@ impl Validator<'_> {
                 let b = S::new(bind_span.clone(), text);
                 match parse_bind(b.get_ref()) {
                     Ok(addr) => {
-                        if let Some((_, other)) = seen_binds.iter().find(|(a, _)| *a == addr && addr.port() != 0) {
+                        if let Some((_, other)) = seen_binds.iter().find(|(a, _)| *a == addr) {
                             self.error(
                                 &b.span(),
                                 format!("listener {name:?}: {addr} is already bound by listener {other:?}"),

@@ -15,6 +15,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::balance::{self, Request};
+use crate::proxy::RateLimitedLog;
 use crate::runtime::{Backend, Endpoint};
 
 /// Why a connect to a server failed. Passive health and metrics act on the kind.
@@ -53,6 +54,8 @@ impl ConnectError {
         }
     }
 }
+
+static CONNECT_FAILURE_LOG: RateLimitedLog = RateLimitedLog::new();
 
 /// A connection made to a server of the backend.
 pub struct Connected {
@@ -116,7 +119,10 @@ pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>
             Err(error) => {
                 server.metrics.connect_errors[error.reason_index()].increment(1);
                 let failures = endpoint.connect_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, %error, "connect failed");
+                if let Some(suppressed) = CONNECT_FAILURE_LOG.admit() {
+                    tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
+                        "connect to {} ({}) failed: {error}", server.label(), endpoint.addr);
+                }
                 if config.observe && failures >= config.error_limit && endpoint.is_up() {
                     let reason = format!("{failures} consecutive connect failures from traffic, last: {error}");
                     server.set_endpoint_up(&endpoint, false, &reason);

@@ -126,7 +126,7 @@ pub async fn serve(
     if let Some(max) = listener.config.max_connections {
         if listener.counters.active.load(Ordering::Relaxed) as usize > max {
             listener.metrics.rejected_limit.increment(1);
-            REJECT_LOG.note(&listener.name, peer, "connection limit reached");
+            note_rejected(&listener.name, peer, "connection limit reached");
             return;
         }
     }
@@ -143,7 +143,7 @@ pub async fn serve(
                 NoServer::NoneUp => format!("backend {}: no server is up", backend.name),
                 NoServer::AllFailed { .. } => format!("backend {}: {e}", backend.name),
             };
-            REJECT_LOG.note(&listener.name, peer, &why);
+            note_rejected(&listener.name, peer, &why);
             return;
         }
     };
@@ -198,7 +198,7 @@ pub async fn serve(
         bytes_in = outcome.client_to_server,
         bytes_out = outcome.server_to_client,
         end = outcome.end.as_str(),
-        "{peer} {}/{}/{} {}ms {}s in={} out={} {}",
+        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}",
         listener.name,
         backend.name,
         server.name,
@@ -207,6 +207,10 @@ pub async fn serve(
         outcome.client_to_server,
         outcome.server_to_client,
         outcome.end.as_str(),
+        match conn.failures {
+            0 => String::new(),
+            n => format!(" (after {n} failed connect{})", if n == 1 { "" } else { "s" }),
+        },
     );
 }
 
@@ -230,20 +234,25 @@ impl Meter for TrafficMeter<'_> {
     }
 }
 
-/// Rejected clients are logged at most once a second, with a count of those not logged:
-/// a backend with no server up must not flood the journal.
-struct RateLimitedLog {
+/// Events that can come by the thousand (rejected clients, failed connects) are logged
+/// at most once a second, with a count of those not logged: a backend with no server
+/// up must not flood the journal.
+pub(crate) struct RateLimitedLog {
     last_ms: AtomicU64,
     suppressed: AtomicU64,
 }
 
-static REJECT_LOG: RateLimitedLog = RateLimitedLog {
-    last_ms: AtomicU64::new(0),
-    suppressed: AtomicU64::new(0),
-};
-
 impl RateLimitedLog {
-    fn note(&self, listener: &str, peer: SocketAddr, why: &str) {
+    pub(crate) const fn new() -> Self {
+        RateLimitedLog {
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now; if so, how many were suppressed since the last line.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        // Offset by a second so that the first event of the process is logged.
         let now = millis_since_start() + 1000;
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000
@@ -252,10 +261,18 @@ impl RateLimitedLog {
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            let suppressed = self.suppressed.swap(0, Ordering::AcqRel);
-            tracing::warn!(listener, client = %peer, suppressed, "client rejected: {why}");
+            Some(self.suppressed.swap(0, Ordering::AcqRel))
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
         }
+    }
+}
+
+static REJECT_LOG: RateLimitedLog = RateLimitedLog::new();
+
+fn note_rejected(listener: &str, peer: SocketAddr, why: &str) {
+    if let Some(suppressed) = REJECT_LOG.admit() {
+        tracing::warn!(listener, client = %peer, suppressed, "client rejected: {why}");
     }
 }
