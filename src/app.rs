@@ -90,6 +90,7 @@ impl App {
         let mut listeners = Listeners::default();
         listeners.adopt_inherited(inherited);
         listeners.apply(&snapshot, settings(&config), &connections)?;
+        listeners.close_unused_inherited();
 
         let app = Arc::new(App {
             config_path: path.to_path_buf(),
@@ -168,10 +169,13 @@ impl App {
         let token = read_token(config.admin.as_ref())?;
         let old = self.snapshot.load_full();
         let (snapshot, changes) = Snapshot::build(config.clone(), Some(&old));
+        // New servers are resolved with the new resolver settings; a failure puts the old
+        // ones back, with everything else.
         let undo = |changes: &crate::runtime::Changes| {
             for s in &changes.added {
                 s.retire();
             }
+            self.resolution.update(&old.config.resolver);
         };
         self.resolution.update(&config.resolver);
         prime(&self.resolution, &changes.added, &checks).await;
@@ -346,6 +350,7 @@ async fn prime(resolution: &Arc<Resolution>, servers: &[Arc<Server>], checks: &C
 
 fn start_actors(resolution: &Arc<Resolution>, servers: &[Arc<Server>], checks: &Checks) {
     for server in servers {
+        server.go_live();
         resolution.spawn(server.clone());
         if let Some(check) = check_for(checks, server) {
             health::spawn(server.clone(), check.clone(), server.health.clone());

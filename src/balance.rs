@@ -23,6 +23,21 @@ pub trait Candidate {
     fn key(&self) -> u64;
 }
 
+impl<T: Candidate> Candidate for std::sync::Arc<T> {
+    fn weight(&self) -> u32 {
+        (**self).weight()
+    }
+    fn backup(&self) -> bool {
+        (**self).backup()
+    }
+    fn active(&self) -> u32 {
+        (**self).active()
+    }
+    fn key(&self) -> u64 {
+        (**self).key()
+    }
+}
+
 /// The per-backend state the policies read.
 #[derive(Debug, Default)]
 pub struct Picker {

@@ -99,7 +99,7 @@ pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>
         };
         tried.push(index);
         let server = &backend.servers[index].server;
-        let Some(endpoint) = server.pick_endpoint(&[]) else {
+        let Some(endpoint) = server.pick_endpoint() else {
             continue;
         };
         let started = Instant::now();

@@ -71,6 +71,14 @@ impl Listeners {
         }
     }
 
+    /// Closes passed sockets that no listener binds: clients queued there would wait
+    /// for nothing.
+    pub fn close_unused_inherited(&mut self) {
+        for (addr, _socket) in self.inherited.drain() {
+            tracing::warn!(%addr, "socket passed by systemd matches no listener's bind address; closing it");
+        }
+    }
+
     /// Brings the bound sockets in line with `snapshot`. Binds everything new first; if
     /// any bind fails nothing changes and the error is returned.
     pub fn apply(

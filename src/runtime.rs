@@ -120,6 +120,22 @@ impl Endpoint {
     }
 }
 
+/// An endpoint is eligible while it is up; a server's connections go to the least busy.
+impl Candidate for Endpoint {
+    fn weight(&self) -> u32 {
+        u32::from(self.is_up())
+    }
+    fn backup(&self) -> bool {
+        false
+    }
+    fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    fn key(&self) -> u64 {
+        0
+    }
+}
+
 /// When the process started, the zero of the millisecond clocks kept in atomics.
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -151,8 +167,12 @@ pub struct Server {
     pub bytes_out: AtomicU64,
     /// Set once the server has left the config: its resolver and checks stop.
     retired: AtomicBool,
+    /// Set once its snapshot is in force: only then does it publish its state to the
+    /// metrics, whose labels it may share with the server it replaces.
+    live: AtomicBool,
     pub metrics: ServerMetrics,
-    round_robin: Picker,
+    /// Spreads a server's connections over its endpoints.
+    endpoint_picker: Picker,
 }
 
 impl Server {
@@ -174,13 +194,13 @@ impl Server {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            live: AtomicBool::new(false),
             metrics: ServerMetrics::new(backend, &config.name),
-            round_robin: Picker::default(),
+            endpoint_picker: Picker::default(),
         });
         if let Host::Ip(ip) = config.host {
             s.set_addresses(&[SocketAddr::new(ip, config.port)]);
         }
-        s.publish_state();
         s
     }
 
@@ -297,7 +317,15 @@ impl Server {
     }
 
     fn publish_state(&self) {
-        self.metrics.set_state(self.state().as_str());
+        if self.live.load(Ordering::Acquire) {
+            self.metrics.set_state(self.state().as_str());
+        }
+    }
+
+    /// Its snapshot is in force: from now on its state is published.
+    pub fn go_live(&self) {
+        self.live.store(true, Ordering::Release);
+        self.publish_state();
     }
 
     /// Last state change: when (unix seconds) and why.
@@ -307,6 +335,7 @@ impl Server {
 
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.live.store(false, Ordering::Release);
         self.endpoints_changed.send_modify(|g| *g += 1);
     }
 
@@ -320,34 +349,16 @@ impl Server {
     }
 
     /// The endpoint a new connection goes to: the least busy of those up, in turn on ties.
-    pub fn pick_endpoint(&self, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
-        struct E<'a>(&'a Endpoint, bool);
-        impl Candidate for E<'_> {
-            fn weight(&self) -> u32 {
-                u32::from(self.1 && self.0.is_up())
-            }
-            fn backup(&self) -> bool {
-                false
-            }
-            fn active(&self) -> u32 {
-                self.0.active.load(Ordering::Relaxed)
-            }
-            fn key(&self) -> u64 {
-                0
-            }
-        }
+    pub fn pick_endpoint(&self) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
-        if endpoints.len() == 1 {
-            let e = &endpoints[0];
-            return (e.is_up() && !tried.contains(&e.addr)).then(|| e.clone());
-        }
-        let cands: Vec<E<'_>> = endpoints.iter().map(|e| E(e, !tried.contains(&e.addr))).collect();
         let req = balance::Request {
             client: 0,
             tried: &[],
             random: 0,
         };
-        let i = self.round_robin.pick(crate::config::Balance::LeastConn, &cands, req)?;
+        let i = self
+            .endpoint_picker
+            .pick(crate::config::Balance::LeastConn, &endpoints, req)?;
         Some(endpoints[i].clone())
     }
 
@@ -470,7 +481,7 @@ impl Snapshot {
                                 let s = Server::new(&bc.name, sc, &bc.health);
                                 // Operator state outlives an address or check change.
                                 if let Some(p) = previous {
-                                    s.set_admin_state(p.admin_state(), "reload (kept)");
+                                    s.admin.store(p.admin_state() as u8, Ordering::Release);
                                 }
                                 added.push(s.clone());
                                 s
