@@ -21,6 +21,7 @@ use crate::runtime::{AdminState, Server, Snapshot};
 
 const MAX_REQUEST: usize = 16 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CLIENTS: usize = 64;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 /// The admin listener while it runs.
@@ -44,9 +45,16 @@ pub fn start(addr: SocketAddr, app: Weak<App>) -> std::io::Result<Running> {
     let local = socket.local_addr()?;
     let listener = TcpListener::from_std(socket)?;
     tracing::info!(%local, "admin listening");
+    // Clients that connect and stall cost a slot for REQUEST_TIMEOUT at most, and never
+    // more than MAX_CLIENTS slots at once: the proxy's own file descriptors stay free.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "admin: too many clients at once; closing");
                 continue;
             };
             let app = app.clone();
@@ -54,6 +62,7 @@ pub fn start(addr: SocketAddr, app: Weak<App>) -> std::io::Result<Running> {
                 if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, peer, app)).await {
                     tracing::debug!(%peer, "admin request timed out: {e}");
                 }
+                drop(slot);
             });
         }
     });
@@ -198,12 +207,18 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
                 return r;
             }
             tracing::info!(by = %peer, "reload requested through the admin API");
-            match app.reload().await {
+            // In a task of its own: a client that hangs up (or times out) must not cancel a
+            // reload half way.
+            let reloading = app.clone();
+            let result = tokio::spawn(async move { reloading.reload().await.map_err(|e| e.to_string()) })
+                .await
+                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+            match result {
                 Ok(()) => Response::json(
                     200,
                     &json!({ "result": "success", "generation": app.snapshot.load().generation }),
                 ),
-                Err(e) => Response::json(422, &json!({ "result": "failure", "error": e.to_string() })),
+                Err(e) => Response::json(422, &json!({ "result": "failure", "error": e })),
             }
         }
         // 405 only where another method would be served; an unknown API path is a 404.
