@@ -39,53 +39,14 @@ impl Gatehouse {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Result<Gatehouse, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config_path = dir.path().join("gatehouse.toml");
-        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).map_err(|e| e.to_string())?;
-        let log_path = dir.path().join("gatehouse.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("GATEHOUSE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().map_err(|e| format!("cannot run {BIN}: {e}"))?;
-        let mut g = Gatehouse {
-            child: Some(child),
-            notify,
-            dir,
-            config_path,
-            log_path,
-            bound: HashMap::new(),
-        };
-        let ready = g.wait_notify(|m| m.contains("READY=1"), Duration::from_secs(30));
-        let msg = match ready {
-            Ok(m) => m,
-            Err(e) => {
-                let status = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                return Err(format!("{e} (exit: {status:?})\nlog:\n{}", g.log()));
+        let (g, _ready) = Self::start_command(config, |config_path| {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config").arg(config_path);
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-        };
-        for line in msg.lines() {
-            if let Some(list) = line.strip_prefix("X_GATEHOUSE_LISTENERS=") {
-                for item in list.split(',').filter(|s| !s.is_empty()) {
-                    let (name, addr) = item.split_once('=').ok_or("bad listener list")?;
-                    let addr: SocketAddr = addr.parse().map_err(|_| "bad listener address")?;
-                    g.bound.entry(name.to_string()).or_default().push(addr);
-                }
-            }
-        }
+            cmd
+        })?;
         Ok(g)
     }
 
@@ -454,11 +415,14 @@ impl Gatehouse {
         let log_path = dir.path().join("gatehouse.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let mut cmd = command(&config_path);
-        cmd.env("NOTIFY_SOCKET", &notify_path)
-            .env(
+        // The test's own RUST_LOG, if its command sets one, wins.
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env(
                 "RUST_LOG",
                 std::env::var("GATEHOUSE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            );
+        }
+        cmd.env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
