@@ -165,11 +165,17 @@ pub async fn connect_one(
 
 /// TCP keepalive, so that a dead peer of a long-idle watch stream is noticed.
 pub fn set_keepalive(stream: &TcpStream, idle: Option<Duration>) {
-    let Some(idle) = idle else { return };
+    if let Some(idle) = idle {
+        let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive(idle));
+    }
+}
+
+/// Probes after `idle` without traffic, then every 10 s; 6 unanswered probes end it.
+pub fn keepalive(idle: Duration) -> TcpKeepalive {
     let ka = TcpKeepalive::new().with_time(idle);
     #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
     let ka = ka.with_interval(Duration::from_secs(10)).with_retries(6);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
+    ka
 }
 
 /// The hash of a client for `source-hash`.

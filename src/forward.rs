@@ -150,7 +150,7 @@ async fn both_ways(
 ) -> End {
     match mode {
         #[cfg(target_os = "linux")]
-        Forwarding::Splice => both_ways_with::<splice::Pipe>(client, server, progress, meter).await,
+        Forwarding::Splice => both_ways_with::<auto::Auto>(client, server, progress, meter).await,
         #[cfg(not(target_os = "linux"))]
         Forwarding::Splice => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
         Forwarding::Copy => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
@@ -220,11 +220,20 @@ trait Conduit: Sized {
     /// Returns an empty conduit to the pool.
     fn give(self);
     /// Reads from `src` into the conduit; Ok(0) is the end of the stream.
-    fn fill(&mut self, src: &TcpStream) -> io::Result<usize>;
+    fn fill(&mut self, src: &TcpStream) -> io::Result<Filled>;
     /// Writes what the conduit holds into `dst`; returns how much went.
     fn flush(&mut self, dst: &TcpStream) -> io::Result<usize>;
     /// Bytes held.
     fn pending(&self) -> usize;
+}
+
+/// What one read from the source brought.
+struct Filled {
+    bytes: usize,
+    /// A short read from a socket into a buffer means its receive queue is empty now:
+    /// waiting for readiness beats another read that would only say "would block".
+    /// (A short splice proves nothing: the pipe may have run out of slots.)
+    drained: bool,
 }
 
 /// Chunks moved in one poll before yielding, so one busy direction can't starve the
@@ -317,10 +326,20 @@ impl<C: Conduit> Pump<C> {
                     Err(_) => return Poll::Ready(Err(Failed::Read)),
                 },
             };
-            match src.try_io(Interest::READABLE, || c.fill(src)) {
+            let filled = src.try_io(Interest::READABLE, || {
+                let f = c.fill(src)?;
+                if f.drained && f.bytes > 0 {
+                    // Report "would block" so that readiness is cleared with the bytes in
+                    // hand, as tokio's own reads do after a short read.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(f.bytes)
+            });
+            match filled {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                // Readiness was stale and is now cleared: the next poll registers the waker.
+                // Readiness is cleared: the next poll registers the waker (after sending
+                // what a short read brought).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(Err(Failed::Read)),
             }
@@ -337,6 +356,8 @@ mod copy {
     use std::io;
 
     use tokio::net::TcpStream;
+
+    use super::Filled;
 
     const SIZE: usize = 64 * 1024;
     const POOL_MAX: usize = 64;
@@ -368,10 +389,13 @@ mod copy {
             });
         }
 
-        fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        fn fill(&mut self, src: &TcpStream) -> io::Result<Filled> {
             let n = src.try_read(&mut self.data)?;
             (self.start, self.end) = (0, n);
-            Ok(n)
+            Ok(Filled {
+                bytes: n,
+                drained: n < self.data.len(),
+            })
         }
 
         fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
@@ -394,6 +418,8 @@ mod splice {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use tokio::net::TcpStream;
+
+    use super::Filled;
 
     /// 256 KiB: fewer syscalls per megabyte than the 64 KiB default, well under the
     /// 1 MiB that `/proc/sys/fs/pipe-max-size` allows unprivileged processes.
@@ -477,10 +503,13 @@ mod splice {
             });
         }
 
-        fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        fn fill(&mut self, src: &TcpStream) -> io::Result<Filled> {
             let n = splice(src.as_raw_fd(), self.write.as_raw_fd(), self.capacity - self.pending)?;
             self.pending += n;
-            Ok(n)
+            Ok(Filled {
+                bytes: n,
+                drained: false,
+            })
         }
 
         fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
@@ -491,6 +520,74 @@ mod splice {
 
         fn pending(&self) -> usize {
             self.pending
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod auto {
+    //! The conduit of `forwarding = "splice"`, as HAProxy's splice-auto does it: a burst
+    //! starts with a read into a pooled buffer; a short read carries a small message
+    //! (an API request, a watch event) with the fewest syscalls, and a read that fills
+    //! the buffer means bulk, so the rest of the burst goes through a pipe, zero-copy.
+    use std::io;
+
+    use tokio::net::TcpStream;
+
+    use super::{copy::Buffer, splice::Pipe, Conduit, Filled};
+
+    pub struct Auto {
+        buffer: Option<Buffer>,
+        pipe: Option<Pipe>,
+        splicing: bool,
+    }
+
+    impl Conduit for Auto {
+        fn take() -> io::Result<Self> {
+            Ok(Auto {
+                buffer: None,
+                pipe: None,
+                splicing: false,
+            })
+        }
+
+        fn give(self) {
+            if let Some(b) = self.buffer {
+                b.give();
+            }
+            if let Some(p) = self.pipe {
+                p.give();
+            }
+        }
+
+        fn fill(&mut self, src: &TcpStream) -> io::Result<Filled> {
+            if self.splicing {
+                let pipe = match self.pipe.as_mut() {
+                    Some(p) => p,
+                    None => self.pipe.insert(Pipe::take()?),
+                };
+                return pipe.fill(src);
+            }
+            let buffer = match self.buffer.as_mut() {
+                Some(b) => b,
+                None => self.buffer.insert(Buffer::take()?),
+            };
+            let filled = buffer.fill(src)?;
+            self.splicing = !filled.drained && filled.bytes > 0;
+            Ok(filled)
+        }
+
+        fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
+            // Only one of them holds bytes: the pump flushes all before it reads again.
+            match (&mut self.buffer, &mut self.pipe) {
+                (Some(b), _) if b.pending() > 0 => b.flush(dst),
+                (_, Some(p)) => p.flush(dst),
+                _ => Ok(0),
+            }
+        }
+
+        fn pending(&self) -> usize {
+            self.buffer.as_ref().map_or(0, |b| b.pending()) + self.pipe.as_ref().map_or(0, |p| p.pending())
         }
     }
 }

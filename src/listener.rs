@@ -38,6 +38,19 @@ struct Bound {
     settings: Arc<ArcSwap<Settings>>,
     local: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of the listening sockets, to change their options at a reload.
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Options accepted connections inherit from their listening socket (Linux copies
+/// TCP_NODELAY and the keepalive settings), so that no accept pays for setting them.
+fn set_inherited_options(socket: &std::net::TcpListener, settings: &Settings) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_tcp_nodelay(true);
+    let _ = match settings.keepalive {
+        Some(idle) => s.set_tcp_keepalive(&crate::connect::keepalive(idle)),
+        None => s.set_keepalive(false),
+    };
 }
 
 impl Drop for Bound {
@@ -122,6 +135,9 @@ impl Listeners {
             Some(l) => {
                 b.listener.store(Arc::clone(l));
                 b.settings.store(Arc::new(settings));
+                for s in &b.sockets {
+                    set_inherited_options(s, &settings);
+                }
                 true
             }
             None => {
@@ -136,9 +152,14 @@ impl Listeners {
             let settings = Arc::new(ArcSwap::from_pointee(settings));
             let mut local = addr;
             let mut tasks = Vec::new();
+            let mut duplicates = Vec::new();
             for s in sockets {
                 if let Ok(a) = s.local_addr() {
                     local = a;
+                }
+                set_inherited_options(&s, &settings.load());
+                if let Ok(d) = s.try_clone() {
+                    duplicates.push(d);
                 }
                 match TcpListener::from_std(s) {
                     Ok(tl) => tasks.push(tokio::spawn(accept_loop(
@@ -158,6 +179,7 @@ impl Listeners {
                     settings,
                     local,
                     tasks,
+                    sockets: duplicates,
                 },
             );
         }

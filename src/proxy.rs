@@ -130,8 +130,7 @@ pub async fn serve(
             return;
         }
     }
-    let _ = client.set_nodelay(true);
-    connect::set_keepalive(&client, settings.keepalive);
+    // TCP_NODELAY and keepalive come with the socket from its listener (listener.rs).
 
     // Pick and connect, trying other servers after a failure.
     let backend = &listener.backend;

@@ -272,3 +272,48 @@ fn idle_connections_hold_no_pipes() {
     );
     drop(clients);
 }
+
+#[test]
+fn both_sides_of_a_connection_have_tcp_keepalive() {
+    // A dead peer of a long-idle watch must be found: gatehouse's socket towards the
+    // client (inherited from the listener) and towards the server both run keepalive.
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        skip!("`ss` (iproute2) is not installed");
+    }
+    let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = Gatehouse::start(&config(
+        &[server("only", echo.addr)],
+        "health = { check = \"none\" }",
+        "keepalive = \"30s\"",
+    ));
+    let front = g.addr("front");
+    let mut client = connect(front);
+    client.write_all(b"k").unwrap();
+    let mut b = [0u8; 1];
+    client.read_exact(&mut b).unwrap();
+    let client_side = client.local_addr().unwrap();
+    let ss = |filter: String| {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(filter)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // gatehouse's end of the client connection: local = the listener, peer = our client.
+    let towards_client = ss(format!(
+        "( sport = :{} and dport = :{} )",
+        front.port(),
+        client_side.port()
+    ));
+    assert!(
+        towards_client.contains("timer:(keepalive"),
+        "client side lacks keepalive: {towards_client:?}"
+    );
+    // gatehouse's end of the server connection: peer = the echo server.
+    let towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
+    assert!(
+        towards_server.contains("timer:(keepalive"),
+        "server side lacks keepalive: {towards_server:?}"
+    );
+}
