@@ -1,11 +1,12 @@
 //! Moving bytes between a client and its server, both ways, until both sides are done.
 //!
-//! On Linux the bytes never enter user space: `splice(2)` moves them from one socket
-//! into a pipe and from the pipe into the other socket. Pipes come from a small
-//! per-thread pool and are held only while bytes flow, so ten thousand idle watch
-//! streams hold none. Elsewhere (or with `forwarding = "copy"`) a pooled buffer does
-//! the same job. Either way: a FIN is carried through as a FIN (the other direction
-//! keeps flowing), a reset as a reset, and bytes in equal bytes out.
+//! On Linux bulk bytes never enter user space: `splice(2)` moves them from one socket
+//! into a pipe and from the pipe into the other socket; small messages take a pooled
+//! buffer, which needs fewer syscalls for a few hundred bytes (see `auto`). Pipes and
+//! buffers come from small per-thread pools and are held only while bytes flow, so ten
+//! thousand idle watch streams hold none. Elsewhere (or with `forwarding = "copy"`)
+//! the buffer does the whole job. Either way: a FIN is carried through as a FIN (the
+//! other direction keeps flowing), a reset as a reset, and bytes in equal bytes out.
 //!
 //! This module does not know about backends or servers; it gets two connected sockets
 //! and reports what happened.
