@@ -179,6 +179,9 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
             body: app.metrics.render().into_bytes(),
         },
         ("GET", ["healthz"]) => Response::text(200, "ok\n"),
+        // Ready from the start (the admin listener opens once every listener is bound)
+        // until shutdown closes the listeners.
+        ("GET", ["readyz"]) if app.draining.load(Ordering::Acquire) => Response::text(503, "draining\n"),
         ("GET", ["readyz"]) => Response::text(200, "ready\n"),
         ("GET", ["api", "v1", "status"]) => Response::json(200, &status(app)),
         ("POST", ["api", "v1", "servers", backend, server, action]) => {

@@ -54,6 +54,8 @@ pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub connections: Arc<Connections>,
     pub started_at: f64,
+    /// Set when shutdown begins: listeners are closed, `/readyz` says so.
+    pub draining: std::sync::atomic::AtomicBool,
     pub loaded_at: Mutex<f64>,
     pub last_reload: Mutex<Option<ReloadReport>>,
     pub admin_token: ArcSwap<Option<String>>,
@@ -97,6 +99,7 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             connections,
             started_at: unix_now(),
+            draining: Default::default(),
             loaded_at: Mutex::new(unix_now()),
             last_reload: Mutex::new(None),
             admin_token: ArcSwap::from_pointee(token),
@@ -262,6 +265,7 @@ impl App {
     /// Stops accepting, lets connections finish for up to `drain_timeout`, then closes them.
     pub async fn shutdown(&self) {
         let drain = self.snapshot.load().config.defaults.drain_timeout;
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
         systemd::notify("STOPPING=1\nSTATUS=draining connections");
         if let Ok(mut l) = self.listeners.lock() {
             l.close_all();

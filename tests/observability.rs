@@ -910,6 +910,29 @@ fn healthz_and_readyz_answer_200_once_started() {
 }
 
 #[test]
+fn readyz_answers_503_while_draining() {
+    let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = Gatehouse::start(&config(
+        &[server("a", echo.addr)],
+        "health = { check = \"none\" }",
+        "drain_timeout = \"5s\"",
+    ));
+    // A connection held open keeps gatehouse draining after SIGTERM.
+    let mut held = connect(g.addr("front"));
+    held.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).unwrap();
+    g.signal(libc::SIGTERM);
+    g.wait_notify(|m| m.contains("STOPPING=1"), Duration::from_secs(5))
+        .expect("STOPPING=1");
+    let (code, body) = http(g.admin(), "GET", "/readyz", &[]);
+    assert_eq!(code, 503, "GET /readyz while draining: {body}");
+    let (code, _) = http(g.admin(), "GET", "/healthz", &[]);
+    assert_eq!(code, 200, "the process is still alive while draining");
+    drop(held);
+}
+
+#[test]
 fn admin_answers_404_for_unknown_paths_and_405_for_wrong_methods() {
     let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
     let g = Gatehouse::start(&config(&[server("a", echo.addr)], "health = { check = \"none\" }", ""));
