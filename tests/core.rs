@@ -23,6 +23,17 @@ fn weighted(name: &str, addr: SocketAddr, weight: u32) -> String {
     format!(r#"{{ name = "{name}", address = "{addr}", weight = {weight} }}"#)
 }
 
+/// `Backend::named` servers on fresh ports, with their server entries (name, weight).
+fn named_pool<const N: usize>(spec: [(&'static str, u32); N]) -> ([Backend; N], Vec<String>) {
+    let backends = spec.map(|(name, _)| Backend::named(any_port(), name));
+    let servers = backends
+        .iter()
+        .zip(spec)
+        .map(|(b, (name, w))| weighted(name, b.addr, w))
+        .collect();
+    (backends, servers)
+}
+
 /// Health checks off: the named backends count every connection, and a check is one.
 fn no_checks(balance: &str) -> String {
     format!("balance = \"{balance}\"\nhealth = {{ check = \"none\" }}")
@@ -126,16 +137,7 @@ fn echoes(s: &mut TcpStream, text: &str) -> bool {
 
 #[test]
 fn round_robin_meets_weights_exactly() {
-    let b = [
-        Backend::named(any_port(), "one"),
-        Backend::named(any_port(), "two"),
-        Backend::named(any_port(), "three"),
-    ];
-    let servers = [
-        weighted("one", b[0].addr, 1),
-        weighted("two", b[1].addr, 2),
-        weighted("three", b[2].addr, 3),
-    ];
+    let (_b, servers) = named_pool([("one", 1), ("two", 2), ("three", 3)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("round-robin"), ""));
     let names: Vec<String> = (0..600).map(|_| name_of(g.addr("front"))).collect();
     let t = tally(&names);
@@ -153,12 +155,7 @@ fn round_robin_meets_weights_exactly() {
 
 #[test]
 fn least_conn_sends_new_clients_to_the_less_loaded_servers() {
-    let b = [
-        Backend::named(any_port(), "a"),
-        Backend::named(any_port(), "b"),
-        Backend::named(any_port(), "c"),
-    ];
-    let servers: Vec<String> = b.iter().zip(["a", "b", "c"]).map(|(b, n)| server(n, b.addr)).collect();
+    let (_b, servers) = named_pool([("a", 1), ("b", 1), ("c", 1)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("least-conn"), ""));
     let front = g.addr("front");
     // Load a alone: four connections held open on it.
@@ -193,16 +190,7 @@ fn least_conn_sends_new_clients_to_the_less_loaded_servers() {
 
 #[test]
 fn random_two_spreads_held_connections_by_weight() {
-    let b = [
-        Backend::named(any_port(), "light1"),
-        Backend::named(any_port(), "light2"),
-        Backend::named(any_port(), "heavy"),
-    ];
-    let servers = [
-        weighted("light1", b[0].addr, 1),
-        weighted("light2", b[1].addr, 1),
-        weighted("heavy", b[2].addr, 2),
-    ];
+    let (_b, servers) = named_pool([("light1", 1), ("light2", 1), ("heavy", 2)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("random-two"), ""));
     let held: Vec<(TcpStream, String)> = (0..120).map(|_| hold(g.addr("front"))).collect();
     let t = tally(held.iter().map(|(_, n)| n));
@@ -220,16 +208,7 @@ fn random_two_spreads_held_connections_by_weight() {
 
 #[test]
 fn random_two_avoids_a_server_loaded_with_held_connections() {
-    let b = [
-        Backend::named(any_port(), "loaded"),
-        Backend::named(any_port(), "free1"),
-        Backend::named(any_port(), "free2"),
-    ];
-    let servers: Vec<String> = b
-        .iter()
-        .zip(["loaded", "free1", "free2"])
-        .map(|(b, n)| server(n, b.addr))
-        .collect();
+    let (_b, servers) = named_pool([("loaded", 1), ("free1", 1), ("free2", 1)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("random-two"), ""));
     let front = g.addr("front");
     set_server(&g, "free1", "disable");
@@ -254,12 +233,7 @@ fn random_two_avoids_a_server_loaded_with_held_connections() {
 
 #[test]
 fn source_hash_keeps_each_client_on_one_server() {
-    let b = [
-        Backend::named(any_port(), "a"),
-        Backend::named(any_port(), "b"),
-        Backend::named(any_port(), "c"),
-    ];
-    let servers: Vec<String> = b.iter().zip(["a", "b", "c"]).map(|(b, n)| server(n, b.addr)).collect();
+    let (_b, servers) = named_pool([("a", 1), ("b", 1), ("c", 1)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("source-hash"), ""));
     let front = g.addr("front");
     let clients: Vec<Ipv4Addr> = (0..40).map(|_| fresh_ip()).collect();
@@ -276,12 +250,7 @@ fn source_hash_keeps_each_client_on_one_server() {
 
 #[test]
 fn source_hash_moves_only_the_clients_of_a_disabled_server() {
-    let b = [
-        Backend::named(any_port(), "a"),
-        Backend::named(any_port(), "b"),
-        Backend::named(any_port(), "c"),
-    ];
-    let servers: Vec<String> = b.iter().zip(["a", "b", "c"]).map(|(b, n)| server(n, b.addr)).collect();
+    let (_b, servers) = named_pool([("a", 1), ("b", 1), ("c", 1)]);
     let g = Gatehouse::start(&config(&servers, &no_checks("source-hash"), ""));
     let front = g.addr("front");
     let clients: Vec<Ipv4Addr> = (0..40).map(|_| fresh_ip()).collect();
