@@ -3,11 +3,11 @@
 # the same groups under a VMRule's spec, text and comments kept, indented two spaces.
 # Kustomize cannot reshape a file, and cannot read outside this directory, hence a
 # generated file; tests/kubernetes.rs fails when it no longer matches ../alerts.yaml.
-# Usage: deploy/kubernetes/generate-vmrule.sh   (from anywhere; rewrites vmrule.yaml)
+# Usage: deploy/kubernetes/generate-vmrule.sh [OUT]   (from anywhere; OUT defaults to vmrule.yaml)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 src="$here/../alerts.yaml"
-out="$here/vmrule.yaml"
+out="${1:-$here/vmrule.yaml}"
 
 # alerts.yaml must be one document whose only top-level key is `groups:`.
 if [ "$(grep -c '^groups:' "$src")" != 1 ] || grep -v '^groups:' "$src" | grep -q '^[^ #]'; then
