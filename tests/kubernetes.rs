@@ -649,7 +649,7 @@ fn kubectl_kustomize_builds_the_same_objects() {
 }
 
 #[test]
-fn an_overlay_moves_the_objects_to_its_namespace_and_labels_them() {
+fn kubectl_builds_an_overlay_that_moves_the_objects_and_labels_them() {
     let dir = tempfile::tempdir().unwrap();
     // kustomize takes a base only by a relative path: up to / and down again.
     let up = "../".repeat(dir.path().components().count() - 1);
