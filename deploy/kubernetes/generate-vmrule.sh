@@ -10,7 +10,7 @@ src="$here/../alerts.yaml"
 out="${1:-$here/vmrule.yaml}"
 
 # alerts.yaml must be one document whose only top-level key is `groups:`.
-if [ "$(grep -c '^groups:' "$src")" != 1 ] || grep -v '^groups:' "$src" | grep -q '^[^ #]'; then
+if [ "$(grep -c '^groups:' "$src")" != 1 ] || awk '/^[^ #]/ && !/^groups:/ { bad = 1 } END { exit !bad }' "$src"; then
   echo "generate-vmrule.sh: $src must hold one top-level key, groups:, at column 0" >&2
   exit 1
 fi
