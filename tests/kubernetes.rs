@@ -7,7 +7,8 @@
 //! The output is assembled here from the files (for the kustomization fields this
 //! directory uses, refusing any other), so every check runs without tools; where
 //! `kubectl` is installed, `kubectl kustomize` must produce the same objects, and an
-//! overlay must be able to move them to another namespace and label them.
+//! overlay must be able to move them to another namespace and label them; where `vmalert`
+//! is, it must load the VMRule's groups.
 
 mod common;
 
@@ -313,13 +314,13 @@ fn violations(object: &Value) -> Vec<String> {
     errors
 }
 
-// ---------------------------------------------------------------- bounded kubectl
+// ---------------------------------------------------------------- bounded tools
 
-/// `kubectl ARGS` with a deadline: Some(stdout) on success, None if kubectl is not installed.
-fn kubectl(args: &[&str]) -> Option<String> {
+/// `TOOL ARGS` with a deadline: Some(stdout) on success, None if the tool is not installed.
+fn run(tool: &str, args: &[&str]) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let spawned = Command::new("kubectl")
+    let spawned = Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
@@ -328,7 +329,7 @@ fn kubectl(args: &[&str]) -> Option<String> {
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("starting kubectl: {e}"),
+        Err(e) => panic!("starting {tool}: {e}"),
     };
     let mut status = None;
     let done = wait_until(Duration::from_secs(60), || {
@@ -338,10 +339,10 @@ fn kubectl(args: &[&str]) -> Option<String> {
     if !done {
         child.kill().ok();
         child.wait().ok();
-        panic!("kubectl {args:?} still running after 60s");
+        panic!("{tool} {args:?} still running after 60s");
     }
     let status = status.unwrap();
-    assert!(status.success(), "kubectl {args:?} failed ({status}): {}", read(&err));
+    assert!(status.success(), "{tool} {args:?} failed ({status}): {}", read(&err));
     Some(read(&out))
 }
 
@@ -466,6 +467,23 @@ fn the_vmrule_holds_exactly_the_groups_of_alerts_yaml() {
         1,
         "deploy/alerts.yaml has keys beside groups"
     );
+}
+
+#[test]
+fn vmalert_loads_the_groups_of_the_vmrule() {
+    // The operator hands spec.groups to vmalert, which parses MetricsQL and templates itself.
+    let objects = assemble();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        serde_yaml_ng::to_string(at(object(&objects, "VMRule"), "spec")).unwrap(),
+    )
+    .unwrap();
+    let rule_flag = format!("-rule={}", rules.display());
+    if run("vmalert", &["-dryRun", &rule_flag, "-loggerLevel=ERROR"]).is_none() {
+        skip!("vmalert (Debian's victoria-metrics) is not installed");
+    }
 }
 
 #[test]
@@ -630,7 +648,7 @@ fn the_scrape_job_is_the_job_the_alerts_match() {
 
 #[test]
 fn kubectl_kustomize_builds_the_same_objects() {
-    let Some(text) = kubectl(&["kustomize", repo("deploy/kubernetes").to_str().unwrap()]) else {
+    let Some(text) = run("kubectl", &["kustomize", repo("deploy/kubernetes").to_str().unwrap()]) else {
         skip!("kubectl is not installed; the assembled output was checked instead");
     };
     let built = kustomize_output(&text);
@@ -656,7 +674,7 @@ fn kubectl_builds_an_overlay_that_moves_the_objects_and_labels_them() {
     let base = format!("{up}{}", repo("deploy/kubernetes").strip_prefix("/").unwrap().display());
     let overlay = format!("resources:\n  - {base}\nnamespace: observability\nlabels:\n  - pairs:\n      team: infra\n");
     std::fs::write(dir.path().join("kustomization.yaml"), overlay).unwrap();
-    let Some(text) = kubectl(&["kustomize", dir.path().to_str().unwrap()]) else {
+    let Some(text) = run("kubectl", &["kustomize", dir.path().to_str().unwrap()]) else {
         skip!("kubectl is not installed; cannot build an overlay");
     };
     let built = kustomize_output(&text);
