@@ -137,10 +137,21 @@ fn assemble() -> BTreeMap<(String, String), Value> {
 /// The ConfigMap one `configMapGenerator` entry makes: each `key=path` (or `path`) entry of
 /// `files` becomes a data key holding the file's text.
 fn config_map(dir: &Path, generator: &Value) -> Value {
+    let known = |v: &Value, fields: &[&str]| {
+        for field in v.as_mapping().expect("a mapping").keys() {
+            let field = field.as_str().unwrap_or_default();
+            assert!(
+                fields.contains(&field),
+                "configMapGenerator `{field}` is not assembled here; teach config_map()"
+            );
+        }
+    };
+    known(generator, &["name", "files", "options"]);
     let options = generator
         .get("options")
         .cloned()
         .unwrap_or(Value::Mapping(Mapping::new()));
+    known(&options, &["disableNameSuffixHash", "labels"]);
     assert_eq!(
         options.get("disableNameSuffixHash").and_then(Value::as_bool),
         Some(true),
@@ -149,7 +160,13 @@ fn config_map(dir: &Path, generator: &Value) -> Value {
     let mut data = Mapping::new();
     for file in at(generator, "files").as_sequence().expect("files is a list") {
         let file = file.as_str().expect("a files entry is a string");
-        let (key, path) = file.split_once('=').unwrap_or((file, file));
+        let (key, path) = match file.split_once('=') {
+            Some((key, path)) => (key.to_owned(), path),
+            None => (
+                Path::new(file).file_name().unwrap().to_string_lossy().into_owned(),
+                file,
+            ),
+        };
         data.insert(key.into(), read(&dir.join(path)).into());
     }
     let mut meta = Mapping::new();
