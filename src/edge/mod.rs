@@ -6,4 +6,5 @@
 //! [`sni`] (a TLS ClientHello's server name, and routing by it). The listener and proxy
 //! call them; they call nothing of gatehouse.
 
+pub mod source_limit;
 pub mod source_rules;
