@@ -6,5 +6,6 @@
 //! [`sni`] (a TLS ClientHello's server name, and routing by it). The listener and proxy
 //! call them; they call nothing of gatehouse.
 
+pub mod proxy_protocol;
 pub mod source_limit;
 pub mod source_rules;
