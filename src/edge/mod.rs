@@ -7,5 +7,6 @@
 //! call them; they call nothing of gatehouse.
 
 pub mod proxy_protocol;
+pub mod sni;
 pub mod source_limit;
 pub mod source_rules;
