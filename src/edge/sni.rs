@@ -17,7 +17,8 @@
 //! label in place of the `*` (`a.example.com`, not `a.b.example.com` nor
 //! `example.com`) — the rule of TLS certificates, so a route and the certificate
 //! served behind it agree. An exact name wins over a wildcard. Matching ignores case
-//! and a trailing dot.
+//! and a trailing dot. A bare `*` is refused: a catch-all is the listener's default
+//! route, not a pattern.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

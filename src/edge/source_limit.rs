@@ -86,6 +86,10 @@ impl FromStr for Rate {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Plain decimal digits, at most 10 of them (no sign, no spaces).
 fn decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -323,14 +327,15 @@ impl Drop for SourceGuard {
 }
 
 impl SourceLimits {
-    /// A table of at most `capacity` clients (at least 1).
+    /// A table of at most `capacity` clients (at least 1; from 1024 on, rounded up to a
+    /// multiple of the shard count: see [`SourceLimits::capacity`]).
     pub fn new(limits: Limits, capacity: usize) -> SourceLimits {
         let capacity = capacity.clamp(1, (NIL - 1) as usize);
         let shards = if capacity >= SHARDED_FROM { SHARDS } else { 1 };
         let per_shard = capacity.div_ceil(shards);
         let (interval, tolerance) = match limits.rate {
             Some(rate) => {
-                let per = rate.per.as_nanos() as u64;
+                let per = nanos(rate.per);
                 let interval = (per / u64::from(rate.count)).max(1);
                 (interval, per.saturating_sub(interval))
             }
@@ -390,7 +395,7 @@ impl SourceLimits {
         let i = shard.entry(key).ok_or(Refusal::TableFull {
             capacity: inner.capacity,
         })?;
-        let now = now.saturating_duration_since(inner.epoch).as_nanos() as u64;
+        let now = nanos(now.saturating_duration_since(inner.epoch));
         let verdict = self.decide(&mut shard.slots[i as usize], now);
         let slot = &mut shard.slots[i as usize];
         match verdict {

@@ -234,6 +234,35 @@ fn shared_across_threads_the_count_returns_to_zero() {
     assert!(table.tracked() <= 300);
 }
 
+#[test]
+fn the_table_and_its_guards_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<SourceLimits>();
+    send::<SourceGuard>();
+}
+
+#[test]
+fn an_absurd_rate_period_saturates() {
+    let r = Rate {
+        count: 1,
+        per: Duration::MAX,
+    };
+    let table = SourceLimits::new(
+        Limits {
+            max_connections: None,
+            rate: Some(r),
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    assert!(table.admit(ip("10.0.0.1"), t0).is_ok());
+    assert!(matches!(
+        table.admit(ip("10.0.0.1"), t0),
+        Err(Refusal::RateExceeded { .. })
+    ));
+}
+
 proptest! {
     #[test]
     fn rate_parsing_never_panics(s in ".{0,30}") {
