@@ -12,6 +12,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod connect;
+pub mod edge;
 pub mod forward;
 pub mod health;
 pub mod listener;
