@@ -290,7 +290,7 @@ pub fn status(app: &App) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": app.started_at,
-        "now": crate::runtime::unix_now(),
+        "now": crate::clock::unix_now(),
         "config": {
             "path": app.config_path.display().to_string(),
             "generation": snapshot.generation,

@@ -14,12 +14,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::admin;
+use crate::clock::unix_now;
 use crate::config::{AdminConfig, Config, ConfigError};
 use crate::health::{self, Prepared};
 use crate::listener::{BindError, Listeners};
 use crate::proxy::{Connections, Settings};
 use crate::resolve::Resolution;
-use crate::runtime::{unix_now, AdminState, Server, Snapshot};
+use crate::runtime::{AdminState, Server, Snapshot};
 use crate::systemd;
 
 /// Why a start or reload did not happen.

@@ -21,8 +21,8 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::clock::millis_since_start;
 use crate::config::Forwarding;
-use crate::runtime::millis_since_start;
 
 /// Which way bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

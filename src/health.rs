@@ -18,9 +18,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
+use crate::clock::unix_now;
 use crate::config::{CheckKind, HealthConfig, Host, HttpCheck, TlsCheck};
 use crate::connect::{connect_one, ConnectError};
-use crate::runtime::{unix_now, AdminState, CheckReport, Endpoint, Server};
+use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
 
 /// Longest HTTP response read by a check.
 const MAX_RESPONSE: usize = 64 * 1024;

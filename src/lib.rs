@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod forward;
@@ -17,6 +18,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resolve;
 pub mod runtime;
 pub mod systemd;

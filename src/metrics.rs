@@ -201,6 +201,6 @@ pub fn config_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(CONFIG_RELOADS, "result" => result).increment(1);
     if success {
-        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::runtime::unix_now());
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::clock::unix_now());
     }
 }

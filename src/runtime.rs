@@ -11,21 +11,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{self, Candidate, Picker};
+use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
-
-/// Seconds since the Unix epoch, for status and metrics.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// What the operator set for a server at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,14 +130,18 @@ impl Candidate for Endpoint {
     }
 }
 
-/// When the process started, the zero of the millisecond clocks kept in atomics.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Wakes the connections that may have to be cut short: at the end of the drain time,
+/// and when an endpoint goes down (for backends with `on_down = "close"`). One signal
+/// for both keeps an idle connection small; each connection checks whether the
+/// wake-up concerns it.
+pub fn close_signal() -> &'static watch::Sender<u64> {
+    static SIGNAL: std::sync::OnceLock<watch::Sender<u64>> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(|| watch::channel(0).0)
 }
 
-pub fn millis_since_start() -> u64 {
-    epoch().elapsed().as_millis() as u64
+/// Wakes every connection to check whether it must close.
+pub fn wake_for_close() {
+    close_signal().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// A server of a backend, as long as it stays in the config with the same address and check.
@@ -263,7 +261,7 @@ impl Server {
         }
         if !up {
             // Connections to it may have to close (`on_down = "close"`).
-            crate::proxy::wake_for_close();
+            wake_for_close();
         }
         self.refresh_available(Some(reason));
         true
