@@ -13,6 +13,7 @@ pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod forward;
 pub mod health;
 pub mod listener;

@@ -149,7 +149,7 @@ fn run(cli: &Cli) -> ExitCode {
         // Before READY=1: a SIGTERM or SIGHUP sent right after it must find its handler,
         // not the default action, which ends the process.
         let signals = install_signals();
-        let app = match App::start(&cli.config, inherited).await {
+        let app = match App::start(&cli.config, inherited, gatehouse::admin::start).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!("cannot start: {e}");
