@@ -493,12 +493,23 @@ impl Snapshot {
                             slow_start: bc.slow_start,
                         }
                     })
-                    .collect();
+                    .collect::<Vec<ServerEntry>>();
+                // The rotation goes on over the servers that stay, like their health.
+                let picker = match old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name)) {
+                    Some(ob) => {
+                        let old_index: Vec<Option<usize>> = servers
+                            .iter()
+                            .map(|e| ob.servers.iter().position(|o| Arc::ptr_eq(&o.server, &e.server)))
+                            .collect();
+                        Picker::carry_over(&ob.picker, &old_index)
+                    }
+                    None => Picker::default(),
+                };
                 Arc::new(Backend {
                     name: bc.name.as_str().into(),
                     config: bc.clone(),
                     servers,
-                    picker: Picker::default(),
+                    picker,
                 })
             })
             .collect();
