@@ -328,7 +328,7 @@ fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
                 Ok(()) => "ok".to_string(),
                 Err(e) => e.clone(),
             }),
-            "last_duration_ms": last.map(|r| r.last_duration.as_secs_f64() * 1000.0),
+            "last_duration_ms": last.map(|r| crate::clock::rounded_ms(r.last_duration)),
             "last_at": last.and_then(|r| r.last_at),
         },
         "endpoints": endpoints.iter().map(|e| json!({

@@ -23,3 +23,21 @@ fn epoch() -> Instant {
 pub fn millis_since_start() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
+
+/// A duration in milliseconds, rounded to a hundredth: what logs and the status API
+/// show (0.11, not 0.11378300000000001).
+pub fn rounded_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounded_ms_keeps_a_hundredth_of_a_millisecond() {
+        let d = std::time::Duration::from_nanos(113_783);
+        assert_eq!(rounded_ms(d), 0.11, "113.783 µs shown as {}", rounded_ms(d));
+        assert_eq!(rounded_ms(std::time::Duration::from_millis(2_500)), 2500.0);
+    }
+}

@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::clock::rounded_ms;
 use crate::config::OnDown;
 use crate::connect::{self, NoServer};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{close_signal, wake_for_close, Listener, Server};
+
+/// The target of close lines: the text log shows their message alone, the JSON log
+/// their fields too.
+pub const CLOSE_LOG_TARGET: &str = "gatehouse::connection";
 
 /// What every connection shares: the count of connections and the end of the drain.
 #[derive(Default)]
@@ -172,13 +177,13 @@ pub async fn serve(
     let duration = accepted_at.elapsed();
     listener.metrics.duration.record(duration.as_secs_f64());
     tracing::info!(
-        target: "gatehouse::connection",
+        target: CLOSE_LOG_TARGET,
         client = %peer,
         listener = %listener.name,
         backend = %backend.name,
         server = %server.name,
         endpoint = %conn.endpoint.addr,
-        connect_ms = conn.connect_time.as_secs_f64() * 1000.0,
+        connect_ms = rounded_ms(conn.connect_time),
         retries = conn.failures,
         duration_ms = duration.as_millis() as u64,
         bytes_in = outcome.client_to_server,

@@ -12,6 +12,7 @@ use gatehouse::config::{Config, DEFAULT_PATH};
 
 pub mod check;
 pub mod ctl;
+pub mod log;
 pub mod reload;
 pub mod run;
 

@@ -4,44 +4,12 @@
 use std::process::ExitCode;
 
 use gatehouse::app::App;
-use gatehouse::config::{Config, LogFormat};
 use gatehouse::systemd;
 
-use super::{Cli, Format};
-
-fn init_logging(cli: &Cli) {
-    // The config's [log] table, if the file reads; errors there are reported by start.
-    let from_file = Config::load(&cli.config).ok().map(|c| c.log);
-    let filter = cli
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .or_else(|| from_file.as_ref().and_then(|l| l.level.clone()))
-        .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-        eprintln!("gatehouse: invalid log filter {filter:?} ({e}); using info");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    let format = match cli.log_format {
-        Some(Format::Json) => LogFormat::Json,
-        Some(Format::Text) => LogFormat::Text,
-        None => from_file.and_then(|l| l.format).unwrap_or_default(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        // journald adds its own timestamps; ANSI colours only on a terminal.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_target(false)
-            .init(),
-    }
-}
+use super::Cli;
 
 pub fn run(cli: &Cli) -> ExitCode {
-    init_logging(cli);
+    super::log::init(cli);
     let inherited = systemd::inherited_sockets();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
