@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::balance::{self, Candidate, Picker};
 use crate::clock::{millis_since_start, unix_now};
-use crate::config::{BackendConfig, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
+use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
 
 /// What the operator set for a server at runtime.
@@ -60,6 +60,8 @@ pub enum ServerState {
     Disabled,
     /// Its name has not resolved to any address yet.
     Unresolved,
+    /// Resolved, but no health check has decided its state yet.
+    Starting,
 }
 
 impl ServerState {
@@ -70,6 +72,7 @@ impl ServerState {
             ServerState::Drain => "drain",
             ServerState::Disabled => "disabled",
             ServerState::Unresolved => "unresolved",
+            ServerState::Starting => "starting",
         }
     }
 }
@@ -158,6 +161,9 @@ pub struct Server {
     resolved: AtomicBool,
     /// Any endpoint up: what the balancer reads.
     available: AtomicBool,
+    /// A health check (or real traffic failing) has decided its state; until then it
+    /// is "starting" and its state is not logged. Without a check, from the start.
+    decided: AtomicBool,
     last_change: Mutex<(f64, String)>,
     pub active: AtomicU32,
     pub connections: AtomicU64,
@@ -186,6 +192,7 @@ impl Server {
             endpoints_changed: watch::channel(0).0,
             resolved: AtomicBool::new(false),
             available: AtomicBool::new(false),
+            decided: AtomicBool::new(health.check == CheckKind::None),
             last_change: Mutex::new((unix_now(), "configured".into())),
             active: AtomicU32::new(0),
             connections: AtomicU64::new(0),
@@ -242,15 +249,17 @@ impl Server {
             .collect();
         self.endpoints.store(Arc::new(new));
         self.endpoints_changed.send_modify(|g| *g += 1);
-        self.refresh_available(None);
+        self.refresh_available(None, false);
         true
     }
 
     /// Marks an endpoint up or down; returns whether that changed anything.
     pub fn set_endpoint_up(&self, endpoint: &Endpoint, up: bool, reason: &str) -> bool {
         if endpoint.up.swap(up, Ordering::AcqRel) == up {
+            self.decided(reason);
             return false;
         }
+        let first = !self.decided.swap(true, Ordering::AcqRel);
         if up {
             // Never 0, which `ramp` reads as "up since start": the clock starts lazily, so
             // the first transition of a process with no traffic yet would read 0.
@@ -263,14 +272,24 @@ impl Server {
             // Connections to it may have to close (`on_down = "close"`).
             wake_for_close();
         }
-        self.refresh_available(Some(reason));
+        self.refresh_available(Some(reason), first);
         true
     }
 
-    fn refresh_available(&self, reason: Option<&str>) {
+    /// A check confirmed the state an endpoint has: the first time, the server's state
+    /// is decided (no longer "starting") and logged.
+    pub fn decided(&self, reason: &str) {
+        if !self.decided.swap(true, Ordering::AcqRel) {
+            self.refresh_available(Some(reason), true);
+        }
+    }
+
+    /// Recomputes whether any endpoint is up; logs a change (or, with `decided_now`, the
+    /// state a first check decided), but nothing before a check decided.
+    fn refresh_available(&self, reason: Option<&str>, decided_now: bool) {
         let any_up = self.endpoints.load().iter().any(|e| e.is_up());
         let was = self.available.swap(any_up, Ordering::AcqRel);
-        if was != any_up {
+        if (was != any_up || decided_now) && self.decided.load(Ordering::Acquire) {
             let state = if any_up { "UP" } else { "DOWN" };
             let reason = reason.unwrap_or(if any_up { "address resolved" } else { "no address" });
             if let Ok(mut lc) = self.last_change.lock() {
@@ -309,6 +328,7 @@ impl Server {
             AdminState::Drain => ServerState::Drain,
             AdminState::Enabled if !self.resolved.load(Ordering::Acquire) => ServerState::Unresolved,
             AdminState::Enabled if self.endpoints.load().is_empty() => ServerState::Unresolved,
+            AdminState::Enabled if !self.decided.load(Ordering::Acquire) => ServerState::Starting,
             AdminState::Enabled if self.available.load(Ordering::Acquire) => ServerState::Up,
             AdminState::Enabled => ServerState::Down,
         }
@@ -570,5 +590,54 @@ impl Snapshot {
 
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(check: CheckKind) -> Arc<Server> {
+        let config = ServerConfig {
+            name: "a".into(),
+            host: Host::Ip([127, 0, 0, 1].into()),
+            port: 6443,
+            weight: 1,
+            backup: false,
+        };
+        let health = HealthConfig {
+            check,
+            ..HealthConfig::default()
+        };
+        Server::new("pool", &config, &health)
+    }
+
+    #[test]
+    fn a_checked_server_is_starting_until_its_first_check_decides() {
+        let s = server(CheckKind::Tcp);
+        assert_eq!(s.state(), ServerState::Starting);
+        assert!(
+            s.accepts_new(),
+            "treated as up until the check decides, as HAProxy does"
+        );
+        assert_eq!(s.last_change().1, "configured", "a state change before any check");
+        s.decided("tcp connect ok");
+        assert_eq!(s.state(), ServerState::Up);
+        assert_eq!(s.last_change().1, "tcp connect ok");
+    }
+
+    #[test]
+    fn a_first_failed_check_takes_a_starting_server_down() {
+        let s = server(CheckKind::Tcp);
+        let e = s.endpoints()[0].clone();
+        assert!(s.set_endpoint_up(&e, false, "connection refused (1/3)"));
+        assert_eq!(s.state(), ServerState::Down);
+        assert_eq!(s.last_change().1, "connection refused (1/3)");
+    }
+
+    #[test]
+    fn without_a_check_a_server_is_up_at_once() {
+        let s = server(CheckKind::None);
+        assert_eq!(s.state(), ServerState::Up);
     }
 }
