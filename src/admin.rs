@@ -5,6 +5,8 @@
 //! and time, because it serves a scraper, a browser and `gatehouse ctl`, not the
 //! internet. Reading is open; changing state is allowed from loopback only, or, when
 //! the operator set `[admin] token_file`, only with that token (from anywhere).
+//!
+//! It reaches the running gatehouse only through [`Control`], never the app itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

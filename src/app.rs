@@ -5,6 +5,9 @@
 //! loaded, its new servers resolved and checked once, its new addresses bound, and
 //! only then is the snapshot swapped in whole. Any failure on the way leaves the
 //! running config untouched.
+//!
+//! The admin listener is started through a function handed down from `main` and sees
+//! the app only as a [`Control`]: this module does not import `admin`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

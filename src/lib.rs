@@ -5,7 +5,11 @@
 //! asking [`balance`] for a server, [`connect`] for a connection to it and [`forward`]
 //! to move the bytes. Beside it, [`resolve`] and [`health`] keep server state current,
 //! [`app`] builds and swaps [`runtime`] snapshots from [`config`], and [`admin`] shows
-//! it all.
+//! it all, seeing the app only through [`control`].
+//!
+//! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
+//! `admin`, `control`, `listener`, `proxy`, `forward`, `health`, `resolve`, `connect`,
+//! `runtime`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`.
 
 pub mod admin;
 pub mod app;
