@@ -5,6 +5,8 @@
 //! and time, because it serves a scraper, a browser and `gatehouse ctl`, not the
 //! internet. Reading is open; changing state is allowed from loopback only, or, when
 //! the operator set `[admin] token_file`, only with that token (from anywhere).
+//!
+//! It reaches the running gatehouse only through [`Control`], never the app itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,9 +16,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
-use crate::app::App;
+use crate::control::{AdminHandle, Control};
 use crate::runtime::{AdminState, Server, Snapshot};
 
 const MAX_REQUEST: usize = 16 * 1024;
@@ -24,21 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLIENTS: usize = 64;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
-/// The admin listener while it runs.
-pub struct Running {
-    pub configured: SocketAddr,
-    pub local: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Binds the admin listener and serves it until dropped.
-pub fn start(addr: SocketAddr, app: Weak<App>) -> std::io::Result<Running> {
+pub fn start(addr: SocketAddr, app: Weak<dyn Control>) -> std::io::Result<AdminHandle> {
     let socket = crate::listener::bind(addr, 1)?
         .pop()
         .ok_or_else(|| std::io::Error::other("no socket"))?;
@@ -66,11 +54,7 @@ pub fn start(addr: SocketAddr, app: Weak<App>) -> std::io::Result<Running> {
             });
         }
     });
-    Ok(Running {
-        configured: addr,
-        local,
-        task,
-    })
+    Ok(AdminHandle::new(addr, local, task))
 }
 
 struct Request {
@@ -107,7 +91,7 @@ impl Response {
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, app: Weak<App>) {
+async fn serve(mut stream: TcpStream, peer: SocketAddr, app: Weak<dyn Control>) {
     let response = match read_request(&mut stream).await {
         Ok(req) => match app.upgrade() {
             Some(app) => route(&app, &req, peer).await,
@@ -165,7 +149,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
     })
 }
 
-async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
+async fn route(app: &Arc<dyn Control>, req: &Request, peer: SocketAddr) -> Response {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", [""]) => Response {
@@ -176,16 +160,16 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
         ("GET", ["metrics"]) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: app.metrics.render().into_bytes(),
+            body: app.render_metrics().into_bytes(),
         },
         ("GET", ["healthz"]) => Response::text(200, "ok\n"),
         // Ready from the start (the admin listener opens once every listener is bound)
         // until shutdown closes the listeners.
-        ("GET", ["readyz"]) if app.draining.load(Ordering::Acquire) => Response::text(503, "draining\n"),
+        ("GET", ["readyz"]) if app.draining() => Response::text(503, "draining\n"),
         ("GET", ["readyz"]) => Response::text(200, "ready\n"),
-        ("GET", ["api", "v1", "status"]) => Response::json(200, &status(app)),
+        ("GET", ["api", "v1", "status"]) => Response::json(200, &status(app.as_ref())),
         ("POST", ["api", "v1", "servers", backend, server, action]) => {
-            if let Err(r) = authorize(app, req, peer) {
+            if let Err(r) = authorize(app.as_ref(), req, peer) {
                 return r;
             }
             let state = match *action {
@@ -206,21 +190,17 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
             }
         }
         ("POST", ["api", "v1", "reload"]) => {
-            if let Err(r) = authorize(app, req, peer) {
+            if let Err(r) = authorize(app.as_ref(), req, peer) {
                 return r;
             }
             tracing::info!(by = %peer, "reload requested through the admin API");
             // In a task of its own: a client that hangs up (or times out) must not cancel a
             // reload half way.
-            let reloading = app.clone();
-            let result = tokio::spawn(async move { reloading.reload().await.map_err(|e| e.to_string()) })
+            let result = tokio::spawn(app.clone().reload())
                 .await
                 .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
             match result {
-                Ok(()) => Response::json(
-                    200,
-                    &json!({ "result": "success", "generation": app.snapshot.load().generation }),
-                ),
+                Ok(generation) => Response::json(200, &json!({ "result": "success", "generation": generation })),
                 Err(e) => Response::json(422, &json!({ "result": "failure", "error": e })),
             }
         }
@@ -235,8 +215,8 @@ async fn route(app: &Arc<App>, req: &Request, peer: SocketAddr) -> Response {
 }
 
 /// State changes: with a token configured, only with it; without, only from loopback.
-fn authorize(app: &App, req: &Request, peer: SocketAddr) -> Result<(), Response> {
-    let token = app.admin_token.load();
+fn authorize(app: &dyn Control, req: &Request, peer: SocketAddr) -> Result<(), Response> {
+    let token = app.admin_token();
     match (token.as_ref(), &req.token) {
         (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()) => Ok(()),
         (Some(_), _) => {
@@ -283,25 +263,26 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// The status document of `GET /api/v1/status`.
-pub fn status(app: &App) -> Value {
-    let snapshot: Arc<Snapshot> = app.snapshot.load_full();
-    let last_reload = app.last_reload.lock().ok().and_then(|r| r.clone());
-    let local = app.local_addrs();
+pub fn status(app: &dyn Control) -> Value {
+    let snapshot: Arc<Snapshot> = app.snapshot();
+    let process = app.process_status();
+    let last_reload = process.last_reload;
+    let local = process.local_addrs;
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "started_at": app.started_at,
-        "now": crate::runtime::unix_now(),
+        "started_at": process.started_at,
+        "now": crate::clock::unix_now(),
         "config": {
-            "path": app.config_path.display().to_string(),
+            "path": process.config_path,
             "generation": snapshot.generation,
-            "loaded_at": app.loaded_at.lock().map(|t| *t).unwrap_or(0.0),
+            "loaded_at": process.loaded_at,
             "last_reload": last_reload.map(|r| json!({
                 "result": if r.success { "success" } else { "failure" },
                 "at": r.at,
                 "error": r.error,
             })),
         },
-        "connections": app.connections.active(),
+        "connections": process.connections,
         "listeners": snapshot.listeners.iter().map(|l| json!({
             "name": &*l.name,
             "binds": local.iter().filter(|(n, _)| **n == *l.name).map(|(_, a)| a.to_string()).collect::<Vec<_>>(),
@@ -349,7 +330,7 @@ fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
                 Ok(()) => "ok".to_string(),
                 Err(e) => e.clone(),
             }),
-            "last_duration_ms": last.map(|r| r.last_duration.as_secs_f64() * 1000.0),
+            "last_duration_ms": last.map(|r| crate::clock::rounded_ms(r.last_duration)),
             "last_at": last.and_then(|r| r.last_at),
         },
         "endpoints": endpoints.iter().map(|e| json!({

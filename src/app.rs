@@ -5,6 +5,9 @@
 //! loaded, its new servers resolved and checked once, its new addresses bound, and
 //! only then is the snapshot swapped in whole. Any failure on the way leaves the
 //! running config untouched.
+//!
+//! The admin listener is started through a function handed down from `main` and sees
+//! the app only as a [`Control`]: this module does not import `admin`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,13 +16,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::admin;
+use crate::clock::unix_now;
 use crate::config::{AdminConfig, Config, ConfigError};
+use crate::control::{AdminHandle, Control, ProcessStatus, Reloading, StartAdmin};
 use crate::health::{self, Prepared};
 use crate::listener::{BindError, Listeners};
 use crate::proxy::{Connections, Settings};
 use crate::resolve::Resolution;
-use crate::runtime::{unix_now, AdminState, Server, Snapshot};
+use crate::runtime::{AdminState, Server, Snapshot};
 use crate::systemd;
 
 /// Why a start or reload did not happen.
@@ -41,13 +45,7 @@ pub enum LoadError {
     Token { path: String, message: String },
 }
 
-/// The result of the last reload, for the status API and the systemd status line.
-#[derive(Debug, Clone)]
-pub struct ReloadReport {
-    pub success: bool,
-    pub at: f64,
-    pub error: Option<String>,
-}
+pub use crate::control::ReloadReport;
 
 pub struct App {
     pub config_path: PathBuf,
@@ -61,7 +59,8 @@ pub struct App {
     pub admin_token: ArcSwap<Option<String>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     listeners: Mutex<Listeners>,
-    admin: Mutex<Option<admin::Running>>,
+    admin: Mutex<Option<AdminHandle>>,
+    start_admin: StartAdmin,
     resolution: Arc<Resolution>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -76,8 +75,13 @@ fn settings(config: &Config) -> Settings {
 
 impl App {
     /// Loads the config at `path`, brings every server to a known state (bounded), binds
-    /// every listener and the admin API. Nothing is served if any of it fails.
-    pub async fn start(path: &Path, inherited: Vec<std::net::TcpListener>) -> Result<Arc<App>, LoadError> {
+    /// every listener and the admin API (with `start_admin`, here and on reloads).
+    /// Nothing is served if any of it fails.
+    pub async fn start(
+        path: &Path,
+        inherited: Vec<std::net::TcpListener>,
+        start_admin: StartAdmin,
+    ) -> Result<Arc<App>, LoadError> {
         let config = Arc::new(Config::load(path)?);
         let checks = prepare_checks(&config)?;
         let token = read_token(config.admin.as_ref())?;
@@ -106,6 +110,7 @@ impl App {
             metrics,
             listeners: Mutex::new(listeners),
             admin: Mutex::new(None),
+            start_admin,
             resolution,
             reloading: tokio::sync::Mutex::new(()),
         });
@@ -233,10 +238,7 @@ impl App {
 
     /// Binds the admin listener `config` asks for, if that is a change: `Some(new)`, to be
     /// put in place by `commit_admin` (dropping it unused closes it again).
-    fn prepare_admin(
-        self: &Arc<Self>,
-        config: Option<&AdminConfig>,
-    ) -> Result<Option<Option<admin::Running>>, LoadError> {
+    fn prepare_admin(self: &Arc<Self>, config: Option<&AdminConfig>) -> Result<Option<Option<AdminHandle>>, LoadError> {
         let wanted = config.map(|c| c.listen);
         let current = self.admin.lock().ok().and_then(|a| a.as_ref().map(|r| r.configured));
         if current == wanted {
@@ -245,12 +247,13 @@ impl App {
         Ok(Some(match wanted {
             None => None,
             Some(addr) => {
-                Some(admin::start(addr, Arc::downgrade(self)).map_err(|source| LoadError::Admin { addr, source })?)
+                let control: std::sync::Weak<App> = Arc::downgrade(self);
+                Some((self.start_admin)(addr, control).map_err(|source| LoadError::Admin { addr, source })?)
             }
         }))
     }
 
-    fn commit_admin(&self, admin: Option<Option<admin::Running>>) {
+    fn commit_admin(&self, admin: Option<Option<AdminHandle>>) {
         if let (Some(admin), Ok(mut current)) = (admin, self.admin.lock()) {
             *current = admin;
         }
@@ -283,6 +286,46 @@ impl App {
             *a = None;
         }
         tracing::info!("stopped");
+    }
+}
+
+impl Control for App {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn admin_token(&self) -> Arc<Option<String>> {
+        self.admin_token.load_full()
+    }
+
+    fn set_server_state(&self, backend: &str, server: &str, state: AdminState, who: &str) -> Option<bool> {
+        App::set_server_state(self, backend, server, state, who)
+    }
+
+    fn reload(self: Arc<Self>) -> Reloading {
+        Box::pin(async move {
+            App::reload(&self).await.map_err(|e| e.to_string())?;
+            Ok(self.snapshot.load().generation)
+        })
+    }
+
+    fn process_status(&self) -> ProcessStatus {
+        ProcessStatus {
+            started_at: self.started_at,
+            config_path: self.config_path.display().to_string(),
+            loaded_at: self.loaded_at.lock().map(|t| *t).unwrap_or(0.0),
+            last_reload: self.last_reload.lock().ok().and_then(|r| r.clone()),
+            connections: self.connections.active(),
+            local_addrs: self.local_addrs(),
+        }
     }
 }
 

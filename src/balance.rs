@@ -59,6 +59,21 @@ pub struct Request<'a> {
 }
 
 impl Picker {
+    /// A picker for a new list of servers that goes on where `old` left off (a reload
+    /// must not restart the rotation): `old_index[i]` is where the new list's server `i`
+    /// stood in the old list, if it was there. Servers new to the list start afresh.
+    pub fn carry_over(old: &Picker, old_index: &[Option<usize>]) -> Picker {
+        let current = old.current.lock().unwrap_or_else(|p| p.into_inner());
+        let carried = old_index
+            .iter()
+            .map(|j| j.and_then(|j| current.get(j).copied()).unwrap_or(0))
+            .collect();
+        Picker {
+            counter: AtomicUsize::new(old.counter.load(Ordering::Relaxed)),
+            current: Mutex::new(carried),
+        }
+    }
+
     /// The index of the chosen server, or `None` when no server is eligible.
     pub fn pick<C: Candidate>(&self, policy: Balance, servers: &[C], req: Request<'_>) -> Option<usize> {
         // Primaries first; backups only when no primary can take the client.
@@ -302,6 +317,48 @@ mod tests {
             );
             assert_eq!(i, Some(2));
         }
+    }
+
+    /// One pick per picker, each picker carried over from the last (a reload per pick).
+    fn picks_across_carry_overs(policy: Balance, s: &[S], n: usize) -> Vec<usize> {
+        let same: Vec<Option<usize>> = (0..s.len()).map(Some).collect();
+        let mut p = Picker::default();
+        let mut seq = Vec::new();
+        for _ in 0..n {
+            seq.push(p.pick(policy, s, req(0, 0)).unwrap());
+            p = Picker::carry_over(&p, &same);
+        }
+        seq
+    }
+
+    #[test]
+    fn round_robin_goes_on_where_it_was_across_a_carry_over() {
+        let s = servers(&[1, 1, 1]);
+        let seq = picks_across_carry_overs(Balance::RoundRobin, &s, 6);
+        assert_eq!(seq, [0, 1, 2, 0, 1, 2], "rotation restarted at a reload: {seq:?}");
+    }
+
+    #[test]
+    fn least_conn_ties_stay_in_turn_across_a_carry_over() {
+        let s = servers(&[1, 1, 1]);
+        let seq = picks_across_carry_overs(Balance::LeastConn, &s, 6);
+        assert_eq!(seq, [0, 1, 2, 0, 1, 2], "tie-breaking restarted at a reload: {seq:?}");
+    }
+
+    #[test]
+    fn a_carry_over_follows_servers_that_move_and_starts_new_ones_afresh() {
+        let s = servers(&[1, 1, 1]);
+        let p = Picker::default();
+        // a, b, c: a and b have had their turn; c is next.
+        assert_eq!(p.pick(Balance::RoundRobin, &s, req(0, 0)), Some(0));
+        assert_eq!(p.pick(Balance::RoundRobin, &s, req(0, 0)), Some(1));
+        // New list: c, a, d (b left, d is new): c still goes first.
+        let q = Picker::carry_over(&p, &[Some(2), Some(0), None]);
+        assert_eq!(
+            q.pick(Balance::RoundRobin, &s, req(0, 0)),
+            Some(0),
+            "c (now first) lost its turn"
+        );
     }
 
     #[test]

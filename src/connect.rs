@@ -15,7 +15,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::balance::{self, Request};
-use crate::proxy::RateLimitedLog;
+use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{Backend, Endpoint};
 
 /// Why a connect to a server failed. Passive health and metrics act on the kind.

@@ -18,9 +18,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
+use crate::clock::unix_now;
 use crate::config::{CheckKind, HealthConfig, Host, HttpCheck, TlsCheck};
 use crate::connect::{connect_one, ConnectError};
-use crate::runtime::{unix_now, AdminState, CheckReport, Endpoint, Server};
+use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
 
 /// Longest HTTP response read by a check.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -408,13 +409,16 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         server.metrics.check_failed(f.reason);
         tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, "check failed: {}", f.detail);
     }
-    if let Some((up, streak, of)) = rf.record(ok, endpoint.is_up()) {
-        let what = match &result {
-            Ok(s) => s.clone(),
-            Err(f) => f.detail.clone(),
-        };
-        let reason = format!("{what} ({streak}/{of})");
-        server.set_endpoint_up(endpoint, up, &reason);
+    let what = match &result {
+        Ok(s) => s.as_str(),
+        Err(f) => f.detail.as_str(),
+    };
+    match rf.record(ok, endpoint.is_up()) {
+        Some((up, streak, of)) => {
+            server.set_endpoint_up(endpoint, up, &format!("{what} ({streak}/{of})"));
+        }
+        // The first check confirmed the state it started in.
+        None => server.decided(what),
     }
 }
 

@@ -5,19 +5,27 @@
 //! asking [`balance`] for a server, [`connect`] for a connection to it and [`forward`]
 //! to move the bytes. Beside it, [`resolve`] and [`health`] keep server state current,
 //! [`app`] builds and swaps [`runtime`] snapshots from [`config`], and [`admin`] shows
-//! it all.
+//! it all, seeing the app only through [`control`].
+//!
+//! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
+//! `admin`, `control`, `listener`, `proxy`, `forward`, `health`, `resolve`, `connect`,
+//! `runtime`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
+//! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse.
 
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod edge;
 pub mod forward;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resolve;
 pub mod runtime;
 pub mod systemd;

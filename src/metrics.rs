@@ -77,7 +77,7 @@ fn describe() {
     describe_gauge!(SERVER_UP, "1 when a server can take new connections, else 0.");
     describe_gauge!(
         SERVER_STATE,
-        "1 for the server's current state (up, down, drain, disabled, unresolved)."
+        "1 for the server's current state (up, down, drain, disabled, unresolved, starting)."
     );
     describe_histogram!(
         HEALTH_CHECK_DURATION,
@@ -151,7 +151,7 @@ impl TrafficMetrics {
 pub const CONNECT_ERROR_REASONS: [&str; 4] = ["refused", "timeout", "unreachable", "other"];
 
 /// The states a server can be in, as `gatehouse_server_state` labels them.
-pub const SERVER_STATES: [&str; 5] = ["up", "down", "drain", "disabled", "unresolved"];
+pub const SERVER_STATES: [&str; 6] = ["up", "down", "drain", "disabled", "unresolved", "starting"];
 
 /// Handles of one server (labels backend, server).
 pub struct ServerMetrics {
@@ -160,7 +160,7 @@ pub struct ServerMetrics {
     pub connect_errors: [Counter; 4],
     pub up: Gauge,
     /// Indexed like [`SERVER_STATES`].
-    pub state: [Gauge; 5],
+    pub state: [Gauge; 6],
     pub check_duration: Histogram,
     backend: String,
     server: String,
@@ -201,6 +201,6 @@ pub fn config_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(CONFIG_RELOADS, "result" => result).increment(1);
     if success {
-        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::runtime::unix_now());
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::clock::unix_now());
     }
 }

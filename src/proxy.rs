@@ -5,18 +5,24 @@
 //! accept: a reload during the connection changes nothing for it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
+use crate::clock::rounded_ms;
 use crate::config::OnDown;
 use crate::connect::{self, NoServer};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
-use crate::runtime::{millis_since_start, Listener, Server};
+use crate::ratelimit::RateLimitedLog;
+use crate::runtime::{close_signal, wake_for_close, Listener, Server};
+
+/// The target of close lines: the text log shows their message alone, the JSON log
+/// their fields too.
+pub const CLOSE_LOG_TARGET: &str = "gatehouse::connection";
 
 /// What every connection shares: the count of connections and the end of the drain.
 #[derive(Default)]
@@ -25,20 +31,6 @@ pub struct Connections {
     idle: Notify,
     /// Set when the drain time is over: connections still open are closed.
     closing: AtomicBool,
-}
-
-/// Wakes the connections that may have to be cut short: at the end of the drain time,
-/// and when an endpoint goes down (for backends with `on_down = "close"`). One signal
-/// for both keeps an idle connection small; each connection checks whether the
-/// wake-up concerns it.
-pub fn close_signal() -> &'static watch::Sender<u64> {
-    static SIGNAL: OnceLock<watch::Sender<u64>> = OnceLock::new();
-    SIGNAL.get_or_init(|| watch::channel(0).0)
-}
-
-/// Wakes every connection to check whether it must close.
-pub fn wake_for_close() {
-    close_signal().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl Connections {
@@ -185,13 +177,13 @@ pub async fn serve(
     let duration = accepted_at.elapsed();
     listener.metrics.duration.record(duration.as_secs_f64());
     tracing::info!(
-        target: "gatehouse::connection",
+        target: CLOSE_LOG_TARGET,
         client = %peer,
         listener = %listener.name,
         backend = %backend.name,
         server = %server.name,
         endpoint = %conn.endpoint.addr,
-        connect_ms = conn.connect_time.as_secs_f64() * 1000.0,
+        connect_ms = rounded_ms(conn.connect_time),
         retries = conn.failures,
         duration_ms = duration.as_millis() as u64,
         bytes_in = outcome.client_to_server,
@@ -229,41 +221,6 @@ impl Meter for TrafficMeter<'_> {
                 self.traffic.server_to_client.increment(bytes);
                 self.server.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             }
-        }
-    }
-}
-
-/// Events that can come by the thousand (rejected clients, failed connects) are logged
-/// at most once a second, with a count of those not logged: a backend with no server
-/// up must not flood the journal.
-pub(crate) struct RateLimitedLog {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimitedLog {
-    pub(crate) const fn new() -> Self {
-        RateLimitedLog {
-            last_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether to log now; if so, how many were suppressed since the last line.
-    pub(crate) fn admit(&self) -> Option<u64> {
-        // Offset by a second so that the first event of the process is logged.
-        let now = millis_since_start() + 1000;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::AcqRel))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
         }
     }
 }

@@ -11,21 +11,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{self, Candidate, Picker};
-use crate::config::{BackendConfig, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
+use crate::clock::{millis_since_start, unix_now};
+use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
-
-/// Seconds since the Unix epoch, for status and metrics.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// What the operator set for a server at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +60,8 @@ pub enum ServerState {
     Disabled,
     /// Its name has not resolved to any address yet.
     Unresolved,
+    /// Resolved, but no health check has decided its state yet.
+    Starting,
 }
 
 impl ServerState {
@@ -76,6 +72,7 @@ impl ServerState {
             ServerState::Drain => "drain",
             ServerState::Disabled => "disabled",
             ServerState::Unresolved => "unresolved",
+            ServerState::Starting => "starting",
         }
     }
 }
@@ -136,14 +133,18 @@ impl Candidate for Endpoint {
     }
 }
 
-/// When the process started, the zero of the millisecond clocks kept in atomics.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// Wakes the connections that may have to be cut short: at the end of the drain time,
+/// and when an endpoint goes down (for backends with `on_down = "close"`). One signal
+/// for both keeps an idle connection small; each connection checks whether the
+/// wake-up concerns it.
+pub fn close_signal() -> &'static watch::Sender<u64> {
+    static SIGNAL: std::sync::OnceLock<watch::Sender<u64>> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(|| watch::channel(0).0)
 }
 
-pub fn millis_since_start() -> u64 {
-    epoch().elapsed().as_millis() as u64
+/// Wakes every connection to check whether it must close.
+pub fn wake_for_close() {
+    close_signal().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// A server of a backend, as long as it stays in the config with the same address and check.
@@ -160,6 +161,9 @@ pub struct Server {
     resolved: AtomicBool,
     /// Any endpoint up: what the balancer reads.
     available: AtomicBool,
+    /// A health check (or real traffic failing) has decided its state; until then it
+    /// is "starting" and its state is not logged. Without a check, from the start.
+    decided: AtomicBool,
     last_change: Mutex<(f64, String)>,
     pub active: AtomicU32,
     pub connections: AtomicU64,
@@ -188,6 +192,7 @@ impl Server {
             endpoints_changed: watch::channel(0).0,
             resolved: AtomicBool::new(false),
             available: AtomicBool::new(false),
+            decided: AtomicBool::new(health.check == CheckKind::None),
             last_change: Mutex::new((unix_now(), "configured".into())),
             active: AtomicU32::new(0),
             connections: AtomicU64::new(0),
@@ -244,15 +249,17 @@ impl Server {
             .collect();
         self.endpoints.store(Arc::new(new));
         self.endpoints_changed.send_modify(|g| *g += 1);
-        self.refresh_available(None);
+        self.refresh_available(None, false);
         true
     }
 
     /// Marks an endpoint up or down; returns whether that changed anything.
     pub fn set_endpoint_up(&self, endpoint: &Endpoint, up: bool, reason: &str) -> bool {
         if endpoint.up.swap(up, Ordering::AcqRel) == up {
+            self.decided(reason);
             return false;
         }
+        let first = !self.decided.swap(true, Ordering::AcqRel);
         if up {
             // Never 0, which `ramp` reads as "up since start": the clock starts lazily, so
             // the first transition of a process with no traffic yet would read 0.
@@ -263,16 +270,26 @@ impl Server {
         }
         if !up {
             // Connections to it may have to close (`on_down = "close"`).
-            crate::proxy::wake_for_close();
+            wake_for_close();
         }
-        self.refresh_available(Some(reason));
+        self.refresh_available(Some(reason), first);
         true
     }
 
-    fn refresh_available(&self, reason: Option<&str>) {
+    /// A check confirmed the state an endpoint has: the first time, the server's state
+    /// is decided (no longer "starting") and logged.
+    pub fn decided(&self, reason: &str) {
+        if !self.decided.swap(true, Ordering::AcqRel) {
+            self.refresh_available(Some(reason), true);
+        }
+    }
+
+    /// Recomputes whether any endpoint is up; logs a change (or, with `decided_now`, the
+    /// state a first check decided), but nothing before a check decided.
+    fn refresh_available(&self, reason: Option<&str>, decided_now: bool) {
         let any_up = self.endpoints.load().iter().any(|e| e.is_up());
         let was = self.available.swap(any_up, Ordering::AcqRel);
-        if was != any_up {
+        if (was != any_up || decided_now) && self.decided.load(Ordering::Acquire) {
             let state = if any_up { "UP" } else { "DOWN" };
             let reason = reason.unwrap_or(if any_up { "address resolved" } else { "no address" });
             if let Ok(mut lc) = self.last_change.lock() {
@@ -311,6 +328,7 @@ impl Server {
             AdminState::Drain => ServerState::Drain,
             AdminState::Enabled if !self.resolved.load(Ordering::Acquire) => ServerState::Unresolved,
             AdminState::Enabled if self.endpoints.load().is_empty() => ServerState::Unresolved,
+            AdminState::Enabled if !self.decided.load(Ordering::Acquire) => ServerState::Starting,
             AdminState::Enabled if self.available.load(Ordering::Acquire) => ServerState::Up,
             AdminState::Enabled => ServerState::Down,
         }
@@ -495,12 +513,23 @@ impl Snapshot {
                             slow_start: bc.slow_start,
                         }
                     })
-                    .collect();
+                    .collect::<Vec<ServerEntry>>();
+                // The rotation goes on over the servers that stay, like their health.
+                let picker = match old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name)) {
+                    Some(ob) => {
+                        let old_index: Vec<Option<usize>> = servers
+                            .iter()
+                            .map(|e| ob.servers.iter().position(|o| Arc::ptr_eq(&o.server, &e.server)))
+                            .collect();
+                        Picker::carry_over(&ob.picker, &old_index)
+                    }
+                    None => Picker::default(),
+                };
                 Arc::new(Backend {
                     name: bc.name.as_str().into(),
                     config: bc.clone(),
                     servers,
-                    picker: Picker::default(),
+                    picker,
                 })
             })
             .collect();
@@ -561,5 +590,54 @@ impl Snapshot {
 
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(check: CheckKind) -> Arc<Server> {
+        let config = ServerConfig {
+            name: "a".into(),
+            host: Host::Ip([127, 0, 0, 1].into()),
+            port: 6443,
+            weight: 1,
+            backup: false,
+        };
+        let health = HealthConfig {
+            check,
+            ..HealthConfig::default()
+        };
+        Server::new("pool", &config, &health)
+    }
+
+    #[test]
+    fn a_checked_server_is_starting_until_its_first_check_decides() {
+        let s = server(CheckKind::Tcp);
+        assert_eq!(s.state(), ServerState::Starting);
+        assert!(
+            s.accepts_new(),
+            "treated as up until the check decides, as HAProxy does"
+        );
+        assert_eq!(s.last_change().1, "configured", "a state change before any check");
+        s.decided("tcp connect ok");
+        assert_eq!(s.state(), ServerState::Up);
+        assert_eq!(s.last_change().1, "tcp connect ok");
+    }
+
+    #[test]
+    fn a_first_failed_check_takes_a_starting_server_down() {
+        let s = server(CheckKind::Tcp);
+        let e = s.endpoints()[0].clone();
+        assert!(s.set_endpoint_up(&e, false, "connection refused (1/3)"));
+        assert_eq!(s.state(), ServerState::Down);
+        assert_eq!(s.last_change().1, "connection refused (1/3)");
+    }
+
+    #[test]
+    fn without_a_check_a_server_is_up_at_once() {
+        let s = server(CheckKind::None);
+        assert_eq!(s.state(), ServerState::Up);
     }
 }

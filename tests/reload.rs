@@ -614,6 +614,36 @@ fn a_server_that_stays_keeps_its_drain_state_and_counters() {
 }
 
 #[test]
+fn round_robin_goes_on_in_turn_across_reloads_of_an_unchanged_file() {
+    let backends = [
+        Backend::named(any_port(), "a"),
+        Backend::named(any_port(), "b"),
+        Backend::named(any_port(), "c"),
+    ];
+    let servers: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| server(n, b.addr))
+        .collect();
+    let text = cfg(&[("front", any_port())], &servers, None, NO_CHECKS);
+    let g = Gatehouse::start(&text);
+    let front = g.addr("front");
+    let text = cfg(&[("front", front)], &servers, None, NO_CHECKS);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (name, s) = connect_named(front);
+        drop(s);
+        seen.push(name);
+        g.reload(&text);
+    }
+    assert_eq!(
+        seen,
+        ["a", "b", "c", "a", "b", "c"],
+        "one connection after each of 6 reloads of an unchanged file landed on {seen:?}"
+    );
+}
+
+#[test]
 fn a_server_whose_address_changes_starts_fresh_but_stays_drained() {
     let a = Backend::echo(any_port());
     let a2 = Backend::echo(any_port());

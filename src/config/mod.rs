@@ -1,0 +1,348 @@
+//! The configuration file: the typed values the rest of gatehouse reads, and the face
+//! of the `config/` folder (schema, validation, value parsers, located errors).
+//!
+//! This module owns parsing and checking, nothing else. Text goes in; either a
+//! [`Config`] whose values cannot be wrong comes out (durations are `Duration`s,
+//! addresses are `SocketAddr`s or checked host names, every listener names a backend
+//! that exists), or a [`ConfigError`] that points at file, line, column and key and,
+//! where it can, suggests the fix. The rest of gatehouse never re-checks.
+//!
+//! Files: `schema.rs` (the TOML schema as serde reads it), `validate.rs` (raw values
+//! into the typed ones below), `parse.rs` (durations, addresses, names), `error.rs`
+//! (located errors and suggestions). Others import only this file.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod error;
+mod parse;
+mod schema;
+mod validate;
+
+pub use error::{ConfigError, Diagnostic};
+pub use parse::{parse_duration, parse_host_port};
+
+/// The default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/gatehouse/gatehouse.toml";
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub defaults: Defaults,
+    pub resolver: ResolverConfig,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    pub listeners: Vec<ListenerConfig>,
+    /// Sorted by name.
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retries: u32,
+    pub drain_timeout: Duration,
+    /// Idle time before TCP keepalive probes start, on both sides; `None` turns them off.
+    pub keepalive: Option<Duration>,
+    pub forwarding: Forwarding,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(3600),
+            retries: 2,
+            drain_timeout: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(60)),
+            forwarding: Forwarding::default(),
+        }
+    }
+}
+
+/// How bytes are moved between client and server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    /// `splice(2)` through pipes on Linux; the portable copy elsewhere.
+    #[default]
+    Splice,
+    /// A user-space copy through a buffer, on every platform.
+    Copy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolverConfig {
+    /// Empty: use the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    /// Floor and ceiling of the re-resolution interval that the records' TTL sets.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    /// How soon a name that failed to resolve is tried again.
+    pub retry: Duration,
+    /// The hosts file, consulted before DNS and re-read when it changes.
+    pub hosts_file: PathBuf,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            min_refresh: Duration::from_secs(1),
+            max_refresh: Duration::from_secs(300),
+            retry: Duration::from_secs(5),
+            hosts_file: PathBuf::from("/etc/hosts"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, the admin API accepts state changes only with this token (from any
+    /// address); when unset, only from loopback.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogConfig {
+    pub format: Option<LogFormat>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: Vec<SocketAddr>,
+    pub backend: String,
+    /// Connections above this many are refused at once (counted as `limit`).
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    RandomTwo,
+    SourceHash,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::RandomTwo => "random-two",
+            Balance::SourceHash => "source-hash",
+        }
+    }
+}
+
+/// What happens to a server's established connections when it goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDown {
+    /// They keep flowing (a watch on a sick API server ends by itself or not at all).
+    #[default]
+    Keep,
+    /// They are reset, so that clients fail fast and reconnect elsewhere.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub servers: Vec<ServerConfig>,
+    pub health: HealthConfig,
+    pub on_down: OnDown,
+    /// Passive health: consecutive connect failures mark a server down.
+    pub observe: bool,
+    pub error_limit: u32,
+    pub slow_start: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub host: Host,
+    pub port: u16,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+impl ServerConfig {
+    /// The address as the operator wrote it: `arkveld:6443`, `192.168.4.12:6443`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Check another port than the traffic goes to.
+    pub port: Option<u16>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: CheckKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// No active check: a server is up unless passive checks or the operator say otherwise.
+    None,
+    Tcp,
+    Tls(TlsCheck),
+    Http(HttpCheck),
+    Https(HttpCheck, TlsCheck),
+}
+
+impl CheckKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls(_) => "tls",
+            CheckKind::Http(_) => "http",
+            CheckKind::Https(..) => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsCheck {
+    pub sni: Option<String>,
+    /// Without a CA the server's certificate is not verified.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    pub path: String,
+    pub host: Option<String>,
+    pub expect: Vec<u16>,
+    pub body: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Validates `text`; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        validate::validate(text, origin)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// A one-screen summary: listeners → backends → servers.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for l in &self.listeners {
+            let binds: Vec<String> = l.bind.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(s, "listener {:?} on {}", l.name, binds.join(", "));
+            let _ = writeln!(s, "  -> backend {:?}", l.backend);
+            if let Some(b) = self.backend(&l.backend) {
+                let _ = writeln!(
+                    s,
+                    "     balance {}, health check {} every {:?} (rise {}, fall {})",
+                    b.balance.as_str(),
+                    b.health.check.name(),
+                    b.health.interval,
+                    b.health.rise,
+                    b.health.fall
+                );
+                for srv in &b.servers {
+                    let mut extra = String::new();
+                    if srv.weight != 1 {
+                        let _ = write!(extra, " weight {}", srv.weight);
+                    }
+                    if srv.backup {
+                        extra.push_str(" backup");
+                    }
+                    let _ = writeln!(s, "     server {:?} {}{}", srv.name, srv.address(), extra);
+                }
+            }
+        }
+        let unused: Vec<&str> = self
+            .backends
+            .iter()
+            .filter(|b| !self.listeners.iter().any(|l| l.backend == b.name))
+            .map(|b| b.name.as_str())
+            .collect();
+        if !unused.is_empty() {
+            let _ = writeln!(s, "backends used by no listener: {}", unused.join(", "));
+        }
+        match &self.admin {
+            Some(a) => {
+                let _ = writeln!(s, "admin on {}", a.listen);
+            }
+            None => s.push_str("admin listener off\n"),
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! Value parsers for the configuration: durations, bind and server addresses, names.
+//! Each takes text and returns a typed value or a message saying how to write it
+//! (CIDRs will join them). No knowledge of where in the file the text came from.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::Host;
+
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(super) fn invalid_name_message(what: &str, name: &str) -> String {
+    format!("{what} name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'")
+}
+
+/// Parses "500ms", "2s", "1m", "1h", "1d" and sums like "1h30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let hint = "write durations like \"500ms\", \"2s\", \"5m\" or \"1h\"";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("empty duration; {hint}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{text:?} is not a duration; {hint}"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{text:?} is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            "" => return Err(format!("{text:?} has no unit; {hint}")),
+            other => return Err(format!("{text:?}: unknown unit {other:?}; {hint}")),
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+/// A listener bind address: "0.0.0.0:6443", "[::]:6443", or ":6443" for all IPv4 addresses.
+pub(super) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        }
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("bind {text:?} is not an IP address with a port, like \"0.0.0.0:6443\" or \"[::]:6443\""))
+}
+
+/// A server address: an IP or a host name, with a port.
+pub fn parse_host_port(text: &str) -> Result<(Host, u16), String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((Host::Ip(addr.ip()), addr.port()));
+    }
+    let example = "like \"arkveld:6443\" or \"192.168.4.12:6443\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("server address {text:?} has no port; write it {example}"));
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("server address {text:?}: {port:?} is not a port (1-65535)")),
+    };
+    if host.parse::<IpAddr>().is_ok() || host.contains(':') {
+        return Err(format!(
+            "server address {text:?}: write IPv6 addresses in brackets, like \"[fd00::11]:6443\""
+        ));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(valid_label) {
+        return Err(format!("server address {text:?}: {host:?} is not a valid host name"));
+    }
+    Ok((Host::Name(host.to_ascii_lowercase()), port))
+}

@@ -1,0 +1,218 @@
+//! The configuration's specification: what is accepted, and what is refused with which message.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    Config::parse(text, "test.toml").map_err(|e| match e {
+        ConfigError::Invalid(d) => d,
+        other => panic!("unexpected {other}"),
+    })
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "kube-api"
+bind = ["127.0.0.1:6443"]
+backend = "control-plane"
+
+[backend.control-plane]
+servers = ["127.0.4.11:6443"]
+"#;
+
+#[test]
+fn durations_read_as_operators_write_them() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert!(parse_duration("2").unwrap_err().contains("no unit"));
+    assert!(parse_duration("2 weeks").is_err());
+    assert!(parse_duration("").is_err());
+}
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.defaults, Defaults::default());
+    let b = c.backend("control-plane").unwrap();
+    assert_eq!(b.balance, Balance::RoundRobin);
+    assert_eq!(b.health, HealthConfig::default());
+    assert_eq!(b.retries, 2);
+    assert_eq!(b.servers[0].name, "127.0.4.11:6443");
+    assert!(c.admin.is_none());
+}
+
+#[test]
+fn the_issue_example_is_accepted() {
+    let text = r#"
+[defaults]
+connect_timeout = "3s"
+idle_timeout = "1h"
+retries = 2
+drain_timeout = "30s"
+
+[resolver]
+nameservers = ["127.0.0.53:53"]
+
+[[listener]]
+name = "kube-api"
+bind = ["0.0.0.0:6443", "[::]:6443"]
+backend = "control-plane"
+
+[backend.control-plane]
+balance = "least-conn"
+servers = [
+  { name = "arkveld", address = "arkveld:6443" },
+  { name = "reydau",  address = "192.168.4.12:6443", weight = 2 },
+  "zohshia:6443",
+  { address = "192.168.4.99:6443", backup = true },
+]
+health = { check = "tcp", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+"#;
+    let c = parse(text).unwrap();
+    let b = c.backend("control-plane").unwrap();
+    assert_eq!(b.balance, Balance::LeastConn);
+    let names: Vec<&str> = b.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["arkveld", "reydau", "zohshia", "192.168.4.99:6443"]);
+    assert_eq!(b.servers[0].host, Host::Name("arkveld".into()));
+    assert_eq!(b.servers[1].weight, 2);
+    assert!(b.servers[3].backup);
+    assert_eq!(c.listeners[0].bind.len(), 2);
+    assert_eq!(c.resolver.nameservers, vec!["127.0.0.53:53".parse().unwrap()]);
+}
+
+#[test]
+fn an_undefined_backend_is_named_with_a_suggestion_and_its_place() {
+    let text = MINIMAL.replace("backend = \"control-plane\"", "backend = \"contrl-plane\"");
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!((e.line, e.column), (5, 11), "{e}");
+    assert_eq!(
+        e.message,
+        "listener \"kube-api\": backend \"contrl-plane\" is not defined; did you mean \"control-plane\"?"
+    );
+    assert!(e.to_string().starts_with("test.toml:5:11: "), "{e}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error_with_a_suggestion() {
+    let text = format!("[defaults]\nconect_timeout = \"3s\"\n{MINIMAL}");
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors[0].line, 2, "{errors:?}");
+    assert!(
+        errors[0].message.contains("unknown field `conect_timeout`"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].message.contains("did you mean `connect_timeout`?"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn bad_values_are_reported_together_with_their_places() {
+    let text = r#"
+[defaults]
+connect_timeout = "3 seconds"
+retries = -1
+
+[[listener]]
+name = "web"
+bind = ["0.0.0.0"]
+backend = "web"
+
+[backend.web]
+servers = ["no-port", { address = "ok:80", weight = 1000 }]
+health = { check = "htp" }
+"#;
+    let errors = parse(text).unwrap_err();
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![3, 4, 12, 12, 13, 8], "{errors:#?}");
+    assert!(errors[4].message.contains("did you mean \"http\""), "{errors:#?}");
+}
+
+#[test]
+fn health_keys_must_fit_the_check_kind() {
+    let text = format!("{MINIMAL}health = {{ check = \"tcp\", path = \"/readyz\" }}\n");
+    let errors = parse(&text).unwrap_err();
+    assert!(
+        errors[0].message.contains("\"path\" does not apply to check = \"tcp\""),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn https_checks_carry_their_tls_and_http_settings() {
+    let text = format!(
+        "{MINIMAL}health = {{ check = \"https\", path = \"/readyz\", expect = [200, 204], cert = \"c.pem\", key = \"k.pem\", ca = \"ca.pem\", body = \"ok\" }}\n"
+    );
+    let c = parse(&text).unwrap();
+    match &c.backends[0].health.check {
+        CheckKind::Https(http, tls) => {
+            assert_eq!(http.path, "/readyz");
+            assert_eq!(http.expect, vec![200, 204]);
+            assert_eq!(http.body.as_deref(), Some("ok"));
+            assert_eq!(tls.cert.as_deref(), Some(Path::new("c.pem")));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_servers_and_binds_are_refused() {
+    let text = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:80"
+backend = "b"
+[[listener]]
+name = "b"
+bind = "127.0.0.1:80"
+backend = "b"
+[backend.b]
+servers = ["x:1", { name = "x", address = "y:1" }]
+"#;
+    let errors = parse(text).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.message.contains("two servers are named \"x\"")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("already bound by listener \"a\"")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_their_line() {
+    let errors = parse("[[listener]]\nname = \"a\nbind = 1\n").unwrap_err();
+    assert_eq!(errors[0].line, 2, "{errors:?}");
+}
+
+#[test]
+fn server_addresses_are_checked() {
+    assert_eq!(
+        parse_host_port("Arkveld:6443"),
+        Ok((Host::Name("arkveld".into()), 6443))
+    );
+    assert_eq!(
+        parse_host_port("[fd00::11]:6443"),
+        Ok((Host::Ip("fd00::11".parse().unwrap()), 6443))
+    );
+    assert!(parse_host_port("fd00::11:6443").unwrap_err().contains("brackets"));
+    assert!(parse_host_port("bad host:1").is_err());
+    assert!(parse_host_port("host:0").is_err());
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    for file in ["config/gallade.toml", "config/local.toml", "config/container.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        if let Err(e) = Config::load(&path) {
+            panic!("{file}: {e}");
+        }
+    }
+}
