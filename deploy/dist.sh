@@ -37,12 +37,16 @@ say() { printf '==> %s\n' "$*"; }
 [[ $(uname -m) == x86_64 ]] || fail "builds the x86_64 package only (this is $(uname -m))"
 
 # --- tools -------------------------------------------------------------------
+# pip puts cargo-zigbuild into Python's scripts directory, which need not be on PATH.
+if scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null); then
+    PATH=$PATH:$scripts
+fi
 have_zig() { python3 -c 'import ziglang' 2>/dev/null || command -v zig >/dev/null; }
 if ! command -v cargo-zigbuild >/dev/null || ! have_zig; then
-    command -v pip3 >/dev/null || command -v pip >/dev/null ||
+    python3 -m pip --version >/dev/null 2>&1 ||
         fail "cargo-zigbuild or zig missing and no pip to install them (pip install ziglang cargo-zigbuild)"
     say "installing ziglang==$ZIGLANG_VERSION cargo-zigbuild==$CARGO_ZIGBUILD_VERSION from PyPI"
-    "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check \
+    python3 -m pip install --quiet --disable-pip-version-check \
         "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
     hash -r
     command -v cargo-zigbuild >/dev/null || fail "cargo-zigbuild not on PATH after pip install"
