@@ -19,6 +19,8 @@
 # 3. The SELinux module (deploy/selinux) compiles with the policy devel
 #    Makefile (checkmodule + semodule_package), and the RPM carries the same
 #    sources.
+# ok() cannot fail, so `test && ok ... || fail ...` is a plain if-then-else here.
+# shellcheck disable=SC2015
 set -euo pipefail
 
 MAX_GLIBC=2.28
