@@ -12,7 +12,8 @@
 #    - /etc/gatehouse/gatehouse.toml is %config(noreplace);
 #    - `rpm -qp --requires` asks for nothing EL8 lacks: glibc symbol versions
 #      <= 2.28, rpmlib features of rpm 4.14, systemd, /bin/sh;
-#    - the %pre scriptlet, run against a scratch root, creates the user;
+#    - %pre/%post enable and start nothing; %pre, run against a scratch root,
+#      creates the user;
 #    - `rpm --root SCRATCH -i --nodeps` lays the files where the unit expects
 #      them (ExecStart binary, its --config file, sysusers entry), with the
 #      owners from the header (`rpm -V` clean), and the installed binary runs.
@@ -172,6 +173,15 @@ while read -r req; do
 done < "$tmp/requires"
 glibc_req=$(max_version GLIBC_ "$tmp/requires")
 (( req_bad == 0 )) && ok "$(wc -l < "$tmp/requires") requirements, all in EL8 (newest glibc: GLIBC_$glibc_req)"
+
+# Installing neither enables nor starts anything; only removal stops, only an
+# upgrade restarts what already runs.
+rpm -qp --qf '%{POSTIN}\n%{PREIN}' "$rpm_file" 2>/dev/null > "$tmp/install-scripts"
+if grep -qE 'systemctl.*(enable|start|preset)|systemctl +(--[a-z-]+ +)*restart' "$tmp/install-scripts"; then
+    fail "%pre/%post enable, start or preset a unit:"; cat "$tmp/install-scripts" >&2
+else
+    ok "%pre/%post neither enable nor start the units"
+fi
 
 # Scratch root: run %pre as rpm would (its systemd-sysusers pointed at the
 # scratch root), then install without scriptlets (the scratch root has no shell).
