@@ -18,8 +18,10 @@
 #      them (ExecStart binary, its --config file, sysusers entry), with the
 #      owners from the header (`rpm -V` clean), and the installed binary runs.
 # 3. The SELinux module (deploy/selinux) compiles with the policy devel
-#    Makefile (checkmodule + semodule_package), and the RPM carries the same
-#    sources.
+#    Makefile (checkmodule + semodule_package), the RPM carries the same
+#    sources, and, linked with Debian's reference policy base, gatehouse_t has
+#    the rules it needs and no more (sesearch: no file creation, no program
+#    execution, TCP binds on http_port_t and gatehouse_port_t only).
 # ok() cannot fail, so `test && ok ... || fail ...` is a plain if-then-else here.
 # shellcheck disable=SC2015
 set -euo pipefail
@@ -57,7 +59,7 @@ section "binary $bin"
 # max_version PREFIX FILE: newest PREFIX<version> among FILE's lines.
 max_version() { { grep -oE "\\b$1[0-9]+(\\.[0-9]+)*\\b" "$2" || true; } | sed "s/^$1//" | sort -Vu | tail -1; }
 
-readelf -h "$bin" | grep -q 'Machine:.*X86-64' || fail "$bin is not an x86_64 ELF"
+[[ $(readelf -h "$bin") == *"Machine:"*"X86-64"* ]] || fail "$bin is not an x86_64 ELF"
 objdump -T "$bin" > "$tmp/dynsym" || die "objdump -T failed"
 readelf -V --wide "$bin" > "$tmp/verneed" || die "readelf -V failed"
 glibc_objdump=$(max_version GLIBC_ "$tmp/dynsym")
@@ -199,8 +201,9 @@ else
 fi
 if rpm --root "$scratch" --initdb && rpm --root "$scratch" -i --nodeps --noscripts "$rpm_file" 2> "$tmp/install.err"; then
     # Debian's rpm adds a note that native packages belong to dpkg; anything else counts.
-    if grep -vE '^rpm: (RPM should not be used directly install RPM packages, use Alien instead!|However assuming you know what you are doing...)$' \
-        "$tmp/install.err" | grep -q .; then
+    warnings=$(grep -vE '^rpm: (RPM should not be used directly install RPM packages, use Alien instead!|However assuming you know what you are doing...)$' \
+        "$tmp/install.err" || true)
+    if [[ -n $warnings ]]; then
         cat "$tmp/install.err" >&2; fail "rpm -i printed warnings"
     else
         ok "rpm --root SCRATCH -i --nodeps: installed $(rpm --root "$scratch" -q gatehouse)"
@@ -268,6 +271,61 @@ if [[ -f $devel ]] && command -v checkmodule >/dev/null && command -v semodule_p
     fi
 else
     fail "no $devel, checkmodule or semodule_package (Debian: selinux-policy-dev checkpolicy semodule-utils)"
+fi
+
+# What the domain may do, read off the module linked with Debian's reference
+# policy base (selinux-policy-default, unpacked here, not installed): the rules
+# gatehouse needs are there, and it can create no file, execute no program,
+# and bind TCP only on its own and the HTTP ports.
+section "SELinux domain gatehouse_t, linked with the reference policy"
+policy_rules() {
+    command -v sesearch >/dev/null && command -v semodule_link >/dev/null && command -v semodule_expand >/dev/null ||
+        { fail "sesearch, semodule_link or semodule_expand missing (Debian: setools semodule-utils)"; return 1; }
+    [[ -s $tmp/se/gatehouse.pp ]] || { fail "no compiled module to link"; return 1; }
+    mkdir -p "$tmp/pol"
+    local deb
+    deb=$(cd "$tmp/pol" && apt-get download selinux-policy-default >/dev/null 2>&1 && ls selinux-policy-default_*.deb) ||
+        { fail "could not fetch selinux-policy-default with apt-get download"; return 1; }
+    dpkg-deb -x "$tmp/pol/$deb" "$tmp/pol/x" &&
+        bunzip2 -c "$tmp/pol/x/usr/share/selinux/default/base.pp.bz2" > "$tmp/pol/base.pp" &&
+        semodule_link -o "$tmp/pol/linked.pp" "$tmp/pol/base.pp" "$tmp/se/gatehouse.pp" >/dev/null 2>&1 &&
+        semodule_expand "$tmp/pol/linked.pp" "$tmp/pol/policy.bin" ||
+        { fail "gatehouse.pp does not link with the reference policy base"; return 1; }
+    ok "links with $deb's base module"
+}
+# expect_rule DESCRIPTION REGEX SESEARCH-ARGS...: some rule matches.
+expect_rule() {
+    local what=$1 want=$2; shift 2
+    local rules
+    rules=$(sesearch "$@" "$tmp/pol/policy.bin" 2>/dev/null || true)
+    if grep -qE "$want" <<<"$rules"; then ok "$what"; else fail "missing: $what (sesearch $*)"; fi
+}
+# only_targets DESCRIPTION ALLOWED-REGEX SESEARCH-ARGS...: every rule's target matches.
+only_targets() {
+    local what=$1 allowed=$2 extra; shift 2
+    extra=$(sesearch "$@" "$tmp/pol/policy.bin" 2>/dev/null | awk '{print $3}' | cut -d: -f1 | sort -u | grep -vxE "$allowed" || true)
+    if [[ -z $extra ]]; then ok "$what"; else fail "$what: also allowed on $(tr '\n' ' ' <<<"$extra")(sesearch $*)"; fi
+}
+if policy_rules; then
+    expect_rule "systemd starts /usr/bin/gatehouse in gatehouse_t" 'init_t gatehouse_exec_t:process gatehouse_t' -T -s init_t -t gatehouse_exec_t
+    expect_rule "... also under NoNewPrivileges=yes" 'nnp_transition' -A -s init_t -t gatehouse_t -c process2
+    expect_rule "binds and connects 80/443 (http_port_t)" 'name_bind name_connect' -A -s gatehouse_t -t http_port_t -c tcp_socket
+    expect_rule "binds and connects gatehouse_port_t (6443, 9100)" 'name_bind name_connect' -A -s gatehouse_t -t gatehouse_port_t -c tcp_socket
+    expect_rule "accepts on sockets passed by gatehouse.socket" 'accept' -A -s gatehouse_t -t init_t -c tcp_socket
+    expect_rule "reads /etc/gatehouse" 'read' -A -s gatehouse_t -t gatehouse_conf_t -c file
+    expect_rule "reads /etc/hosts and /etc/resolv.conf (net_conf_t)" 'read' -A -s gatehouse_t -t net_conf_t -c file
+    expect_rule "connects to DNS servers" 'name_connect' -A -s gatehouse_t -t dns_port_t -c tcp_socket
+    expect_rule "sends sd_notify datagrams to systemd" 'sendto' -A -s gatehouse_t -t init_t -c unix_dgram_socket
+    expect_rule "logs to journald (/dev/log)" 'write' -A -s gatehouse_t -t devlog_t -c sock_file
+    expect_rule "CAP_NET_BIND_SERVICE" 'net_bind_service' -A -s gatehouse_t -c capability
+    only_targets "capabilities: net_bind_service only" 'gatehouse_t' -A -s gatehouse_t -c capability
+    [[ $(sesearch -A -s gatehouse_t -c capability "$tmp/pol/policy.bin" | grep -oE '\{[^}]*\}|net_bind_service' | tr -d '{}' | xargs) == net_bind_service ]] ||
+        fail "capabilities other than net_bind_service: $(sesearch -A -s gatehouse_t -c capability "$tmp/pol/policy.bin")"
+    only_targets "binds TCP only on http_port_t and gatehouse_port_t" 'http_port_t|gatehouse_port_t' -A -s gatehouse_t -c tcp_socket -p name_bind
+    only_targets "creates no file anywhere" '' -A -s gatehouse_t -c file -p create
+    only_targets "adds no name to any directory" '' -A -s gatehouse_t -c dir -p add_name
+    only_targets "executes only itself, the loader and libraries" 'gatehouse_exec_t|ld_so_t|lib_t|textrel_shlib_t' -A -s gatehouse_t -c file -p execute
+    only_targets "writes no file but its own /proc and inherited tmpfs fds" 'gatehouse_t|init_tmpfs_t' -A -s gatehouse_t -c file -p write
 fi
 
 echo
