@@ -13,9 +13,9 @@
 # The binary is a release build linked against glibc 2.28's symbol versions by
 # cargo-zigbuild (Zig as the C compiler and linker, with its own glibc stubs),
 # so the build machine's glibc does not matter. Both tools come from PyPI
-# (ziglang, cargo-zigbuild: prebuilt wheels, no compiling); when they are
-# missing this script installs the pinned versions with pip. The RPM is made by
-# plain rpmbuild (Debian package `rpm`) from deploy/gatehouse.spec.
+# (ziglang, cargo-zigbuild: prebuilt wheels, no compiling), pinned below and
+# installed into target/dist-tools (a virtualenv) on first use. The RPM is made
+# by plain rpmbuild (Debian package `rpm`) from deploy/gatehouse.spec.
 #
 # `cargo build --release` keeps working as before for running gatehouse on the
 # build machine itself; it writes target/release, this writes
@@ -37,20 +37,22 @@ say() { printf '==> %s\n' "$*"; }
 [[ $(uname -m) == x86_64 ]] || fail "builds the x86_64 package only (this is $(uname -m))"
 
 # --- tools -------------------------------------------------------------------
-# pip puts cargo-zigbuild into Python's scripts directory, which need not be on PATH.
-if scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null); then
-    PATH=$PATH:$scripts
+# A private virtualenv under target/ with pinned versions: nothing is installed
+# system-wide, and Debian's own python3 (which refuses `pip install` outside a
+# venv) works as well as any other. Made once, reused while the pins match.
+tools=$root/target/dist-tools
+pins="ziglang==$ZIGLANG_VERSION cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+if [[ ! -x $tools/bin/cargo-zigbuild || $(cat "$tools/pins" 2>/dev/null) != "$pins" ]]; then
+    say "installing $pins from PyPI into $tools"
+    rm -rf "$tools"
+    python3 -m venv "$tools" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    # shellcheck disable=SC2086 # $pins is two words on purpose
+    "$tools/bin/python3" -m pip install --quiet --disable-pip-version-check $pins ||
+        fail "pip install $pins failed"
+    echo "$pins" > "$tools/pins"
 fi
-have_zig() { python3 -c 'import ziglang' 2>/dev/null || command -v zig >/dev/null; }
-if ! command -v cargo-zigbuild >/dev/null || ! have_zig; then
-    python3 -m pip --version >/dev/null 2>&1 ||
-        fail "cargo-zigbuild or zig missing and no pip to install them (pip install ziglang cargo-zigbuild)"
-    say "installing ziglang==$ZIGLANG_VERSION cargo-zigbuild==$CARGO_ZIGBUILD_VERSION from PyPI"
-    python3 -m pip install --quiet --disable-pip-version-check \
-        "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
-    hash -r
-    command -v cargo-zigbuild >/dev/null || fail "cargo-zigbuild not on PATH after pip install"
-fi
+# cargo-zigbuild runs `python3 -m ziglang` when no `zig` is on PATH: the venv's.
+PATH=$tools/bin:$PATH
 command -v rpmbuild >/dev/null || fail "rpmbuild not found (Debian: apt-get install rpm)"
 
 # --- binary ------------------------------------------------------------------
