@@ -269,6 +269,16 @@ if [[ -f $devel ]] && command -v checkmodule >/dev/null && command -v semodule_p
     else
         cat "$tmp/se.log" >&2; fail "the policy module does not compile"
     fi
+    # The ifdef() fallbacks are what the Fedora/EL policy takes: compile them too,
+    # by making every ifdef'd interface look undefined.
+    mkdir "$tmp/se-fallback" && cp deploy/selinux/gatehouse.{fc,if} "$tmp/se-fallback/"
+    # shellcheck disable=SC2016 # the backquote is m4 quoting, not a shell expansion
+    sed 's/ifdef(`/ifdef(`gatehouse_undefined_/' deploy/selinux/gatehouse.te > "$tmp/se-fallback/gatehouse.te"
+    if (cd "$tmp/se-fallback" && make -f "$devel" gatehouse.pp) > "$tmp/se-fallback.log" 2>&1; then
+        ok "the ifdef() fallback branches compile ($(grep -c 'ifdef(`' deploy/selinux/gatehouse.te) of them)"
+    else
+        cat "$tmp/se-fallback.log" >&2; fail "the ifdef() fallback branches do not compile"
+    fi
 else
     fail "no $devel, checkmodule or semodule_package (Debian: selinux-policy-dev checkpolicy semodule-utils)"
 fi
