@@ -247,6 +247,17 @@ else
     printf '%s\n' "$out" >&2; fail "check of the installed config failed"
 fi
 
+# rpm treats it as config in practice: a local edit survives reinstalling the
+# package (a plain file would be overwritten; `n` above is what keeps an edit
+# also when a newer package changes the default).
+echo '# local edit, must survive reinstall' >> "$scratch$exec_config"
+if rpm --root "$scratch" -U --replacepkgs --nodeps --noscripts "$rpm_file" 2> "$tmp/reinstall.err" &&
+    grep -q '^# local edit, must survive reinstall$' "$scratch$exec_config"; then
+    ok "an edited gatehouse.toml survives reinstalling the package"
+else
+    cat "$tmp/reinstall.err" >&2; fail "reinstalling the package replaced the edited gatehouse.toml"
+fi
+
 # --- 3. SELinux ---------------------------------------------------------------
 section "SELinux module deploy/selinux"
 for f in gatehouse.te gatehouse.fc gatehouse.if; do
