@@ -8,9 +8,10 @@
 # --stop-timeout: gatehouse drains for up to drain_timeout (30s by default) on SIGTERM;
 # Docker's default of 10s would SIGKILL it mid-drain.
 #
-# This image is for containers only. Do not copy its binary onto Rocky Linux 9:
-# it links against Debian 12's glibc 2.36, newer than EL9's 2.34
-# (see docs/deploy-gallade.md for building the host binary).
+# This image is for containers only. Its binary is built on Debian 12 and
+# references glibc symbols up to GLIBC_2.34 (objdump -T), so it would not run on
+# EL8. For hosts, use the RPM and portable binary (glibc >= 2.28) that
+# `bash deploy/dist.sh` builds; see docs/deploy-gallade.md.
 
 # The builder must use the same Debian release as the runtime image below, so the
 # binary needs no newer glibc than the one it runs on.

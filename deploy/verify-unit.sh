@@ -4,7 +4,7 @@
 #   bash deploy/verify-unit.sh [BINARY]     (BINARY defaults to target/release/gatehouse)
 #
 # 1. `systemd-analyze verify` on gatehouse.service and gatehouse.socket. The units
-#    name /usr/local/bin/gatehouse, which does not exist on a build machine, so they
+#    name /usr/bin/gatehouse, which does not exist on a build machine, so they
 #    are checked from a temp copy that points at BINARY instead. verify exits 0 on
 #    parse warnings (unknown key, bad value), so any line it prints about our
 #    units also counts as a failure.
@@ -46,7 +46,7 @@ trap 'rm -rf "$tmp"' EXIT
 # Escape what sed would treat specially in a replacement.
 bin_sed=$(printf '%s' "$bin" | sed 's/[\\|&]/\\&/g')
 for unit in gatehouse.service gatehouse.socket; do
-    sed "s|/usr/local/bin/gatehouse|$bin_sed|g" "$here/$unit" > "$tmp/$unit"
+    sed "s|/usr/bin/gatehouse|$bin_sed|g" "$here/$unit" > "$tmp/$unit"
 done
 
 status=0
