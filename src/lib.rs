@@ -14,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod forward;
 pub mod health;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -62,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Translate an HAProxy configuration: gatehouse TOML on stdout, a report on stderr.
+    Import(gatehouse::import::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             ref token_file,
             ref action,
         }) => ctl(&cli.config, admin, token_file.as_deref(), action),
+        Some(Command::Import(ref args)) => gatehouse::import::run_cli(args),
         None | Some(Command::Run) => run(&cli),
     }
 }
