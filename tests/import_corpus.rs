@@ -89,12 +89,22 @@ fn every_imported_config_passes_gatehouse_check() {
     for name in corpus() {
         let out = import(&name);
         if out.stdout.is_empty() {
-            assert_eq!(out.status.code(), Some(2), "{name}: no config but exit {:?}", out.status);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{name}: no config but exit {:?}",
+                out.status
+            );
             continue;
         }
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, &out.stdout).unwrap();
-        let check = Command::new(BIN).arg("check").arg("--config").arg(&path).output().unwrap();
+        let check = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(
             check.status.success(),
             "{name}: gatehouse check refused the import: {}",
@@ -116,19 +126,33 @@ fn gallades_haproxy_cfg_imports_with_no_line_dropped() {
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .count();
-    let reported = report.lines().filter(|l| l.starts_with("gallade.cfg:") && !l.contains(" lines ")).count();
-    assert_eq!(reported, meaningful, "every line of gallade.cfg is reported once:\n{report}");
+    let reported = report
+        .lines()
+        .filter(|l| l.starts_with("gallade.cfg:") && !l.contains(" lines "))
+        .count();
+    assert_eq!(
+        reported, meaningful,
+        "every line of gallade.cfg is reported once:\n{report}"
+    );
     assert_eq!(out.status.code(), Some(1), "approximations exit 1:\n{report}");
 }
 
 #[test]
 fn exit_codes_say_exact_approximated_or_unreadable() {
-    assert_eq!(import("exact").status.code(), Some(0), "{}", report_of(&import("exact")));
+    assert_eq!(
+        import("exact").status.code(),
+        Some(0),
+        "{}",
+        report_of(&import("exact"))
+    );
     assert_eq!(import("edge-cases").status.code(), Some(1));
     let broken = import("parse-error");
     assert_eq!(broken.status.code(), Some(2));
     assert!(broken.stdout.is_empty(), "a file that does not parse gives no config");
-    let missing = Command::new(BIN).args(["import", "/nonexistent/haproxy.cfg"]).output().unwrap();
+    let missing = Command::new(BIN)
+        .args(["import", "/nonexistent/haproxy.cfg"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 }

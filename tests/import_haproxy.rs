@@ -104,6 +104,18 @@ fn localize(cfg: &str, servers: &Servers, replace: &[(&str, &str)]) -> (String, 
     (out, binds)
 }
 
+/// Whether a socket listens on `addr` (IPv4), from /proc/net/tcp.
+fn listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(a) = addr else { return false };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port());
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
 /// A running HAProxy (`haproxy -db`), its warnings captured.
 struct Haproxy {
     child: Child,
@@ -131,10 +143,9 @@ impl Haproxy {
             stderr,
             _dir: dir,
         };
+        // Not by connecting: a probe would take a turn of the balancer.
         for addr in binds.values() {
-            let up = wait_until(Duration::from_secs(10), || {
-                TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
-            });
+            let up = wait_until(Duration::from_secs(10), || listening(*addr));
             assert!(up, "haproxy did not listen on {addr} within 10 s:\n{}", h.log());
         }
         h
@@ -148,7 +159,11 @@ impl Haproxy {
     fn wait_down(&self, section: &str, server: &str) {
         let needle = format!("Server {section}/{server} is DOWN");
         let down = wait_until(Duration::from_secs(10), || self.log().contains(&needle));
-        assert!(down, "haproxy did not mark {section}/{server} down within 10 s:\n{}", self.log());
+        assert!(
+            down,
+            "haproxy did not mark {section}/{server} down within 10 s:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -203,11 +218,18 @@ impl Pair {
         ]
     }
 
+    /// Waits until both say `section/server` is down; prints how long each took.
     fn wait_down(&self, section: &str, server: &str) {
+        let start = std::time::Instant::now();
         self.haproxy.wait_down(section, server);
+        let haproxy = start.elapsed();
         let admin = self.gatehouse.admin();
-        let down = wait_until(Duration::from_secs(10), || server_state(admin, section, server) == "down");
+        let down = wait_until(Duration::from_secs(10), || {
+            server_state(admin, section, server) == "down"
+        });
+        let gatehouse = start.elapsed();
         assert!(down, "gatehouse did not mark {section}/{server} down within 10 s");
+        eprintln!("{section}/{server} marked down after: haproxy {haproxy:?}, gatehouse by {gatehouse:?}");
     }
 }
 
@@ -256,13 +278,21 @@ fn gallade_round_robin_and_a_failed_check_behave_as_in_haproxy() {
         assert_eq!(got, want, "{proxy}: round robin over 30 connections");
     }
     for (proxy, addr) in pair.both("ingress-https") {
-        assert_eq!(spread(addr, 3), counts(&[("cilium-gateway", 3)]), "{proxy}: ingress-https");
+        assert_eq!(
+            spread(addr, 3),
+            counts(&[("cilium-gateway", 3)]),
+            "{proxy}: ingress-https"
+        );
     }
     servers.kill("k8s-api", "reydau");
     pair.wait_down("k8s-api", "reydau");
     for (proxy, addr) in pair.both("k8s-api") {
         let got = spread(addr, 12);
-        assert_eq!(got, counts(&[("arkveld", 6), ("zohshia", 6)]), "{proxy}: after reydau failed its check");
+        assert_eq!(
+            got,
+            counts(&[("arkveld", 6), ("zohshia", 6)]),
+            "{proxy}: after reydau failed its check"
+        );
     }
 }
 
@@ -277,7 +307,11 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
 
     // roundrobin, weights 1 and 2: a third and two thirds, exactly.
     for (proxy, addr) in pair.both("rr") {
-        assert_eq!(spread(addr, 30), counts(&[("a", 10), ("b", 20)]), "{proxy}: weighted round robin");
+        assert_eq!(
+            spread(addr, 30),
+            counts(&[("a", 10), ("b", 20)]),
+            "{proxy}: weighted round robin"
+        );
     }
 
     // leastconn with connections held open: each new one goes to the least loaded.
@@ -289,7 +323,11 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
             *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
             held.push(s);
         }
-        assert_eq!(got, counts(&[("a", 2), ("b", 2), ("c", 2)]), "{proxy}: least connections, 6 held");
+        assert_eq!(
+            got,
+            counts(&[("a", 2), ("b", 2), ("c", 2)]),
+            "{proxy}: least connections, 6 held"
+        );
     }
 
     // source: every client address sticks to one server; addresses spread.
@@ -298,11 +336,17 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
         for host in 1..=8u8 {
             let ip = std::net::Ipv4Addr::new(127, 0, 9, host);
             let seen: Vec<String> = (0..3).map(|_| served_by(addr, Some(ip))).collect();
-            assert!(seen.iter().all(|s| *s == seen[0]), "{proxy}: {ip} moved between servers: {seen:?}");
+            assert!(
+                seen.iter().all(|s| *s == seen[0]),
+                "{proxy}: {ip} moved between servers: {seen:?}"
+            );
             per_client.insert(ip, seen[0].clone());
         }
         let used: std::collections::BTreeSet<&String> = per_client.values().collect();
-        assert!(used.len() >= 2, "{proxy}: 8 client addresses all on one server: {per_client:?}");
+        assert!(
+            used.len() >= 2,
+            "{proxy}: 8 client addresses all on one server: {per_client:?}"
+        );
     }
 
     // random (two draws): every server takes a share.
@@ -316,7 +360,11 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
 
     // backup: unused while a primary is up; takes everything when none is.
     for (proxy, addr) in pair.both("failover") {
-        assert_eq!(spread(addr, 20), counts(&[("p1", 10), ("p2", 10)]), "{proxy}: primaries up");
+        assert_eq!(
+            spread(addr, 20),
+            counts(&[("p1", 10), ("p2", 10)]),
+            "{proxy}: primaries up"
+        );
     }
     servers.kill("failover", "p1");
     servers.kill("failover", "p2");
@@ -330,6 +378,10 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
     servers.kill("rr", "a");
     pair.wait_down("rr", "a");
     for (proxy, addr) in pair.both("rr") {
-        assert_eq!(spread(addr, 10), counts(&[("b", 10)]), "{proxy}: after a failed its check");
+        assert_eq!(
+            spread(addr, 10),
+            counts(&[("b", 10)]),
+            "{proxy}: after a failed its check"
+        );
     }
 }

@@ -244,7 +244,7 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
     }
     let o = &first.opts;
     let connect = s.check_connect.as_ref().map(|c| &c.value);
-    let tls = o.check_ssl.as_ref().is_some_and(|c| c.value) || connect.is_some_and(|c| c.0);
+    let tls = o.check_ssl.as_ref().is_some_and(|c| c.value) || connect.is_some_and(|c| c.ssl);
     let check = s.check.as_ref().map_or(&Check::Connect, |c| &c.value);
     let kind = match (check, tls) {
         (Check::Connect, false) => "tcp",
@@ -297,7 +297,7 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
     h.push(("timeout", emit::string(&fmt_duration(timeout))));
     h.push(("rise", o.rise.as_ref().map_or(2, |r| r.value).clamp(1, 100).to_string()));
     h.push(("fall", o.fall.as_ref().map_or(3, |r| r.value).clamp(1, 100).to_string()));
-    if let Some(port) = o.port.as_ref().map(|p| p.value).or(connect.and_then(|c| c.2)) {
+    if let Some(port) = o.port.as_ref().map(|p| p.value).or(connect.and_then(|c| c.port)) {
         h.push(("port", port.to_string()));
     }
     let mut lines = vec![first.line.number];
@@ -320,7 +320,7 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
     if tls {
         tls_keys(
             o,
-            connect.and_then(|c| c.1.clone()),
+            connect.and_then(|c| c.sni.clone()),
             kind,
             ctx,
             &mut h,

@@ -86,6 +86,14 @@ pub enum Check {
     SslHello,
 }
 
+/// `tcp-check connect [port N] [ssl] [sni NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckConnect {
+    pub ssl: bool,
+    pub sni: Option<String>,
+    pub port: Option<u16>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
     Status(Vec<u16>),
@@ -106,8 +114,7 @@ pub struct Settings {
     pub balance: Option<At<Balance>>,
     pub hash_consistent: Option<At<bool>>,
     pub check: Option<At<Check>>,
-    /// `tcp-check connect` with `ssl`, and its `sni`, `port`.
-    pub check_connect: Option<At<(bool, Option<String>, Option<u16>)>>,
+    pub check_connect: Option<At<CheckConnect>>,
     pub expect: Option<At<Expect>>,
     pub maxconn: Option<At<u64>>,
     pub allbackups: Option<At<bool>>,
@@ -585,7 +592,7 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
                 }
                 i += 1;
             }
-            s.check_connect = at((ssl, sni, port), line);
+            s.check_connect = at(CheckConnect { ssl, sni, port }, line);
             if s.check.is_none() {
                 s.check = at(Check::Connect, line);
             }
