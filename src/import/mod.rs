@@ -146,3 +146,119 @@ pub fn run_cli(args: &ImportArgs) -> ExitCode {
     }
     ExitCode::from(import.exit_code())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A skeleton that imports, each section then given random lines.
+    const SECTIONS: &[&str] = &[
+        "global",
+        "defaults",
+        "frontend f1\n    bind *:6443\n    default_backend b1",
+        "frontend f2\n    bind 10.0.0.1:8443",
+        "backend b1\n    server s0 10.0.0.1:6443 check",
+        "backend b2",
+        "listen l1\n    bind 10.0.0.5:25",
+        "resolvers r",
+        "peers p",
+    ];
+    const LINES: &[&str] = &[
+        "mode tcp",
+        "mode http",
+        "bind *:6443",
+        "bind :::443 v4v6",
+        "bind 10.0.0.1:80,10.0.0.2:80",
+        "bind :1000-2000",
+        "bind \"${PORT}\"",
+        "default_backend b1",
+        "default_backend b2",
+        "default_backend missing",
+        "use_backend b2 if { req.ssl_sni -i x }",
+        "server s1 10.0.0.1:80 check",
+        "server s2 host.lan:80 check inter 0 rise 0 fall 0 weight 0",
+        "server s3 10.0.0.3 check backup port 8080",
+        "server s1 10.0.0.9:80 check disabled",
+        "server s4 [fd00::1]:443 check check-ssl verify none sni str(a) crt c.pem",
+        "server s5 unix@/x",
+        "default-server inter 1s fall 2 rise 2 slowstart 1m on-marked-down shutdown-sessions",
+        "balance source",
+        "balance random(3)",
+        "balance first",
+        "hash-type consistent",
+        "option httpchk GET /healthz",
+        "http-check expect status 200,204",
+        "http-check expect string ok",
+        "option ssl-hello-chk",
+        "tcp-check connect port 1 ssl sni x",
+        "timeout connect 0",
+        "timeout client 1m",
+        "timeout server 10s",
+        "timeout check 500ms",
+        "retries 200",
+        "maxconn 0",
+        "stats socket /run/h.sock",
+        "nameserver d 1.1.1.1:53",
+        "hard-stop-after 1m",
+        "frobnicate",
+        "\"\"",
+        ".if defined(X)",
+    ];
+
+    fn random_config(rng: &mut SmallRng) -> String {
+        let mut text = String::new();
+        for section in SECTIONS {
+            text.push_str(section);
+            text.push('\n');
+            for _ in 0..rng.random_range(0..5) {
+                text.push_str("    ");
+                text.push_str(LINES[rng.random_range(0..LINES.len())]);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn random_configs_import_to_a_checked_config_or_a_located_error() {
+        let mut rng = SmallRng::seed_from_u64(13);
+        let env = |n: &str| (n == "PORT").then(|| ":8443".to_string());
+        let mut outcomes = [0usize; 3];
+        let mut invalid = Vec::new();
+        for _ in 0..2000 {
+            let text = random_config(&mut rng);
+            match import_haproxy(&text, "fuzz.cfg", &env) {
+                Ok(i) => {
+                    outcomes[0] += 1;
+                    let reported = i.report.render().lines().count() - 1;
+                    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+                    assert_eq!(
+                        reported,
+                        lines,
+                        "every line reported once:\n{text}\n{}",
+                        i.report.render()
+                    );
+                }
+                Err(ImportError::Invalid { errors, .. }) => {
+                    outcomes[1] += 1;
+                    invalid.push(format!("{text}\n=> {errors}"));
+                }
+                Err(_) => outcomes[2] += 1,
+            }
+        }
+        // Invalid means no listener could be made (all http, no usable backend …),
+        // never a config the importer got wrong.
+        for i in &invalid {
+            assert!(
+                i.contains("no [[listener]] is defined"),
+                "the import wrote an invalid config:\n{i}"
+            );
+        }
+        assert!(
+            outcomes[0] > 1000,
+            "too few configs imported (ok, invalid, parse error): {outcomes:?}"
+        );
+    }
+}

@@ -59,11 +59,29 @@ impl Section {
 
 /// Groups `lines` into sections. A keyword before the first section is refused, as
 /// HAProxy refuses it.
+/// Two proxies that both take clients (frontend, listen) or both hold servers
+/// (backend, listen) may not share a name; HAProxy refuses that too.
 pub fn sections(lines: Vec<Line>) -> Result<Vec<Section>, LexError> {
     let mut out: Vec<Section> = Vec::new();
     for line in lines {
         let first = line.words[0].as_str();
         if let Some((_, kind)) = SECTIONS.iter().find(|(k, _)| *k == first) {
+            let name = line.words.get(1).map_or("", String::as_str);
+            let front = |k: Kind| matches!(k, Kind::Frontend | Kind::Listen);
+            let back = |k: Kind| matches!(k, Kind::Backend | Kind::Listen);
+            if let Some(other) = out
+                .iter()
+                .find(|s| s.name == name && ((front(s.kind) && front(*kind)) || (back(s.kind) && back(*kind))))
+            {
+                return Err(LexError {
+                    line: line.number,
+                    message: format!(
+                        "{first} {name:?} has the same name as the {} on line {}; HAProxy refuses that",
+                        other.keyword(),
+                        other.header.number
+                    ),
+                });
+            }
             let name = line.words.get(1).filter(|w| *w != "from").cloned().unwrap_or_default();
             let from = line
                 .words

@@ -260,6 +260,7 @@ pub fn server_opts(line: &Line, first: usize, report: &mut Report) -> ServerOpts
                 };
                 match word {
                     "inter" | "slowstart" => match duration(a) {
+                        Ok(d) if d.is_zero() => bad(&mut say, "HAProxy wants a positive time".into()),
                         Ok(d) if word == "inter" => o.inter = at(d, line),
                         Ok(d) => o.slowstart = at(d, line),
                         Err(e) => bad(&mut say, e),
@@ -418,6 +419,10 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
                 _ => None,
             };
             match (slot, time(2)) {
+                (Some(_), Ok(d)) if d.is_zero() => say(
+                    Verdict::Dropped,
+                    "0 means no timeout in HAProxy; gatehouse always has one, so its default stays",
+                ),
                 (Some((slot, key)), Ok(d)) => {
                     *slot = at(d, line);
                     say(Verdict::Translated, key);
@@ -662,6 +667,10 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
             );
         }
         ["maxconn", n] => match n.parse::<u64>() {
+            Ok(n) if !(1..=10_000_000).contains(&n) => say(
+                Verdict::Dropped,
+                "gatehouse's max_connections is 1 to 10,000,000; the listener is left unlimited",
+            ),
             Ok(n) => {
                 s.maxconn = at(n, line);
                 say(Verdict::Translated, "max_connections of the listener");

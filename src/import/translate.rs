@@ -136,7 +136,11 @@ fn global_line(line: &Line, g: &mut Global, out: &mut Output, report: &mut Repor
             Verdict::Approximated,
             "gatehouse logs to stdout (journald takes it), not to a syslog address".into(),
         ),
-        ["maxconn", n] => match n.parse() {
+        ["maxconn", n] => match n.parse::<u64>() {
+            Ok(n) if !(1..=10_000_000).contains(&n) => (
+                Verdict::Dropped,
+                "gatehouse's max_connections is 1 to 10,000,000; listeners are left unlimited".into(),
+            ),
             Ok(n) => {
                 g.maxconn = Some(At {
                     value: n,
@@ -562,13 +566,30 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         built.insert(name, b.name.clone());
         out.backends.push(b);
     }
+    let mut taken: HashMap<String, String> = HashMap::new();
     for p in tcp
         .iter()
         .filter(|p| matches!(p.section.kind, Kind::Frontend | Kind::Listen))
     {
         let h = &p.section.header;
-        if p.binds.is_empty() {
-            if p.section.kind == Kind::Frontend {
+        let mut free: Vec<&(String, usize)> = Vec::new();
+        for b in &p.binds {
+            match taken.get(&b.0) {
+                Some(other) => report.note(
+                    b.1,
+                    "",
+                    Verdict::Dropped,
+                    format!(
+                        "{} is bound by listener {other:?} already: HAProxy shares it between both \
+                         (SO_REUSEPORT), gatehouse binds an address once",
+                        b.0
+                    ),
+                ),
+                None => free.push(b),
+            }
+        }
+        if free.is_empty() {
+            if p.section.kind == Kind::Frontend || !built.contains_key(p.section.name.as_str()) {
                 report.note(
                     h.number,
                     &h.text,
@@ -594,6 +615,12 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
                 Verdict::Dropped,
                 format!("backend {target} is not imported (see its lines): no listener"),
             );
+            report.note(
+                h.number,
+                &h.text,
+                Verdict::Dropped,
+                format!("its backend {target} is not imported: no listener"),
+            );
             for l in &p.bind_lines {
                 report.note(*l, "", Verdict::Dropped, "its listener is not imported");
             }
@@ -605,7 +632,10 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             table: emit::Table::default(),
         };
         l.table.set(Key::new("name", emit::string(&name), vec![]));
-        let binds: Vec<String> = p.binds.iter().map(|(b, _)| emit::string(b)).collect();
+        for (b, _) in &free {
+            taken.insert(b.clone(), name.clone());
+        }
+        let binds: Vec<String> = free.iter().map(|(b, _)| emit::string(b)).collect();
         l.table.set(Key::new(
             "bind",
             format!("[{}]", binds.join(", ")),
