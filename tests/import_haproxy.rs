@@ -385,3 +385,21 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
         );
     }
 }
+
+#[test]
+fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    // edge-cases.cfg holds an unknown keyword on purpose, parse-error.cfg an unclosed
+    // quote, and haproxy-docs.cfg names certificate files this machine lacks.
+    for name in ["gallade.cfg", "balance-modes.cfg", "exact.cfg"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
+        let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "haproxy -c refuses {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
