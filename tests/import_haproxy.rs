@@ -65,6 +65,10 @@ impl Servers {
         Servers { by_name }
     }
 
+    fn addr(&self, section: &str, server: &str) -> SocketAddr {
+        self.by_name[&(section.to_string(), server.to_string())].addr
+    }
+
     fn kill(&mut self, section: &str, server: &str) {
         self.by_name
             .remove(&(section.to_string(), server.to_string()))
@@ -250,6 +254,26 @@ fn served_by(addr: SocketAddr, from: Option<std::net::Ipv4Addr>) -> String {
     read_line(&mut s).unwrap_or_else(|e| panic!("no server name through {addr}: {e}"))
 }
 
+/// An HTTP health endpoint: answers every request with `status`.
+fn http_check_endpoint(addr: SocketAddr, status: u16) -> Backend {
+    Backend::serve(addr, move |mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    })
+}
+
 /// Names of the servers `n` one-after-another connections reach, counted.
 fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -303,6 +327,9 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
     }
     let cfg = corpus("balance-modes.cfg");
     let mut servers = Servers::for_cfg(&cfg);
+    // The httpchk servers are checked on port 8081 of their addresses.
+    let _checks = [("ok", 200), ("sick", 500)]
+        .map(|(name, status)| http_check_endpoint(SocketAddr::new(servers.addr("httpchk", name).ip(), 8081), status));
     let pair = Pair::start(&cfg, &servers, &[]);
 
     // roundrobin, weights 1 and 2: a third and two thirds, exactly.
@@ -372,6 +399,16 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
     pair.wait_down("failover", "p2");
     for (proxy, addr) in pair.both("failover") {
         assert_eq!(spread(addr, 10), counts(&[("b1", 10)]), "{proxy}: every primary down");
+    }
+
+    // An HTTP check answered with 500 takes the server out in both.
+    pair.wait_down("httpchk", "sick");
+    for (proxy, addr) in pair.both("httpchk") {
+        assert_eq!(
+            spread(addr, 6),
+            counts(&[("ok", 6)]),
+            "{proxy}: sick answers its check with 500"
+        );
     }
 
     // A server that fails its check is out of rotation in both.
