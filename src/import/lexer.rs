@@ -38,6 +38,13 @@ pub enum ExpansionSource {
     Unset,
 }
 
+impl Line {
+    /// The first word (a line has at least one).
+    pub fn keyword(&self) -> &str {
+        self.words.first().map_or("", String::as_str)
+    }
+}
+
 /// A line HAProxy would refuse to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LexError {

@@ -64,7 +64,7 @@ impl Section {
 pub fn sections(lines: Vec<Line>) -> Result<Vec<Section>, LexError> {
     let mut out: Vec<Section> = Vec::new();
     for line in lines {
-        let first = line.words[0].as_str();
+        let first = line.keyword();
         if let Some((_, kind)) = SECTIONS.iter().find(|(k, _)| *k == first) {
             let name = line.words.get(1).map_or("", String::as_str);
             let front = |k: Kind| matches!(k, Kind::Frontend | Kind::Listen);

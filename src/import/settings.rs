@@ -652,7 +652,10 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
         }
         ["hash-type", kind, ..] => {
             s.hash_consistent = at(*kind == "consistent", line);
-            say(Verdict::Translated, "gatehouse's source-hash is consistent (rendezvous)");
+            say(
+                Verdict::Translated,
+                "gatehouse's source-hash is consistent (rendezvous)",
+            );
         }
         ["default-server", ..] => {
             let o = server_opts(line, 1, report);

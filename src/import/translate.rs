@@ -75,7 +75,7 @@ pub fn translate(sections: &[Section], report: &mut Report) -> Output {
                             line.number,
                             &line.text,
                             Verdict::Dropped,
-                            format!("`{}` has no equivalent in gatehouse", line.words[0]),
+                            format!("`{}` has no equivalent in gatehouse", line.keyword()),
                         );
                     }
                 }
@@ -109,7 +109,7 @@ fn inherited(section: &Section, named: &HashMap<String, Settings>, last: &Settin
 
 /// `.if`, `.else`, `.endif`, `.diag` …: reported, not evaluated.
 fn conditional(line: &Line, report: &mut Report) -> bool {
-    if !line.words[0].starts_with('.') {
+    if !line.keyword().starts_with('.') {
         return false;
     }
     report.note(
@@ -285,7 +285,7 @@ fn resolvers(section: &Section, extra: bool, out: &mut Output, report: &mut Repo
 /// Reads a proxy section, reporting every line but those `backend` judges.
 fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Proxy<'a> {
     // The mode decides everything else; HAProxy's default is tcp.
-    let own_mode = section.body.iter().find(|l| l.words[0] == "mode");
+    let own_mode = section.body.iter().find(|l| l.keyword() == "mode");
     let http = match own_mode {
         Some(l) => l.words.get(1).is_some_and(|m| m != "tcp"),
         None => s.http.as_ref().is_some_and(|h| h.value),
@@ -373,7 +373,7 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             ),
             _ => {
                 if !settings::apply(line, &mut s, report) {
-                    let k = line.words[0].clone();
+                    let k = line.keyword().to_string();
                     report.note(
                         line.number,
                         &line.text,
