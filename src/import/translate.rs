@@ -709,13 +709,18 @@ fn per_backend(s: &Settings, main: &Settings, b: &mut emit::Backend, header: &Li
     }
     if retries > 0 && !s.redispatch.as_ref().is_some_and(|r| r.value) {
         let line = s.retries.as_ref().map_or(header.number, |r| r.line);
-        report.note(
-            line,
-            "",
-            Verdict::Approximated,
+        let live = b.servers.iter().filter(|x| x.commented.is_none()).count();
+        let note = if live > 1 {
             format!(
-                "HAProxy retries the same server (no `option redispatch`); gatehouse retries {retries} other servers"
-            ),
-        );
+                "HAProxy retries a failed connect on the same server (no `option redispatch`); gatehouse \
+                 tries up to {retries} other servers"
+            )
+        } else {
+            format!(
+                "HAProxy retries a failed connect on the same server up to {retries} times; gatehouse retries \
+                 on other servers only, and this backend has one"
+            )
+        };
+        report.note(line, "", Verdict::Approximated, note);
     }
 }
