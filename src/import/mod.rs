@@ -262,3 +262,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod translation_tests {
+    use super::*;
+
+    fn run(text: &str) -> Import {
+        import_haproxy(text, "t.cfg", &|_| None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TAIL: &str = "frontend f\n  bind :80\n  default_backend b\n";
+
+    #[test]
+    fn a_proxy_takes_the_named_defaults_it_names_with_from() {
+        let i = run(&format!(
+            "defaults fast\n  mode tcp\n  timeout connect 1s\ndefaults slow\n  mode tcp\n  timeout connect 9s\n\
+             backend b from fast\n  server s 10.0.0.1:80\n{TAIL}"
+        ));
+        assert!(i.toml.contains("connect_timeout = \"1s\""), "{}", i.toml);
+    }
+
+    #[test]
+    fn source_hashing_without_hash_type_consistent_is_approximated() {
+        let i = run(&format!("backend b\n  balance source\n  server s 10.0.0.1:80\n{TAIL}"));
+        assert_eq!(
+            i.report.verdict(2),
+            Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
+        let i = run(&format!(
+            "backend b\n  balance source\n  hash-type consistent\n  server s 10.0.0.1:80\n{TAIL}"
+        ));
+        assert_eq!(i.report.verdict(2), Some(Verdict::Translated), "{}", i.report.render());
+    }
+
+    #[test]
+    fn a_backend_without_check_gets_no_active_check() {
+        let i = run(&format!("backend b\n  server s 10.0.0.1:80\n{TAIL}"));
+        assert!(i.toml.contains("health = { check = \"none\" }"), "{}", i.toml);
+    }
+
+    #[test]
+    fn an_unconditional_use_backend_wins_over_default_backend() {
+        let i = run("backend a\n  server s 10.0.0.1:80\nbackend b\n  server s 10.0.0.2:80\n\
+             frontend f\n  bind :80\n  use_backend b\n  default_backend a\n");
+        assert!(i.toml.contains("backend = \"b\""), "{}", i.toml);
+    }
+
+    #[test]
+    fn keywords_outside_any_section_are_refused_with_their_line() {
+        let e = import_haproxy("\n  bind :80\nglobal\n", "t.cfg", &|_| None).unwrap_err();
+        assert!(e.to_string().starts_with("t.cfg:2: "), "{e}");
+    }
+}

@@ -319,6 +319,8 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
     let front = matches!(section.kind, Kind::Frontend | Kind::Listen);
     let back = matches!(section.kind, Kind::Backend | Kind::Listen);
     let sni = section.body.iter().any(|l| l.text.contains("ssl_sni"));
+    // An unconditional use_backend wins over default_backend, wherever it is.
+    let (mut rule, mut default): (Option<At<String>>, Option<At<String>>) = (None, None);
     for line in &section.body {
         let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
         if conditional(line, report) {
@@ -329,20 +331,24 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             ["bind", addr, opts @ ..] if front => bind(line, addr, opts, &mut p, report),
             ["default_backend", name] if front => {
                 say(Verdict::Translated, "backend".into());
-                if p.backend.is_none() {
-                    p.backend = Some(At {
-                        value: name.to_string(),
-                        line: line.number,
-                    });
-                }
-            }
-            ["use_backend", name] if front => {
-                say(Verdict::Translated, "backend (a rule without a condition)".into());
-                p.backend = Some(At {
+                default = Some(At {
                     value: name.to_string(),
                     line: line.number,
                 });
             }
+            ["use_backend", name] if front => match &rule {
+                Some(first) => say(
+                    Verdict::Dropped,
+                    format!("never used: the rule on line {} always matches first", first.line),
+                ),
+                None => {
+                    say(Verdict::Translated, "backend (a rule without a condition)".into());
+                    rule = Some(At {
+                        value: name.to_string(),
+                        line: line.number,
+                    });
+                }
+            },
             ["use_backend", ..] | ["acl", ..] | ["tcp-request", ..] if front && sni => {
                 say(Verdict::Dropped, Pending::SniRoutes.note(w[0]))
             }
@@ -387,6 +393,7 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             }
         }
     }
+    p.backend = rule.or(default);
     p.settings = s;
     p
 }
