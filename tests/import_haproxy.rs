@@ -430,7 +430,7 @@ fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
     }
     // edge-cases.cfg holds an unknown keyword on purpose, parse-error.cfg an unclosed
     // quote, and haproxy-docs.cfg names certificate files this machine lacks.
-    for name in ["gallade.cfg", "balance-modes.cfg", "exact.cfg"] {
+    for name in ["gallade.cfg", "balance-modes.cfg", "exact.cfg", "http-only.cfg"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
         let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
         assert!(

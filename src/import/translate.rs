@@ -300,11 +300,18 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
         servers: Vec::new(),
     };
     if http {
-        let why = format!(
+        let mut why = format!(
             "{} {} is in mode http: out of scope, gatehouse is an L4 (TCP) proxy",
             section.keyword(),
             section.name
         );
+        if section
+            .body
+            .iter()
+            .any(|l| l.words.starts_with(&["stats".into(), "enable".into()]))
+        {
+            why.push_str("; gatehouse's admin listener serves a status page and /metrics instead");
+        }
         report.note(
             section.header.number,
             &section.header.text,
