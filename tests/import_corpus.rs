@@ -146,6 +146,10 @@ fn exit_codes_say_exact_approximated_or_unreadable() {
         report_of(&import("exact"))
     );
     assert_eq!(import("edge-cases").status.code(), Some(1));
+    let nothing = import("http-only");
+    assert_eq!(nothing.status.code(), Some(2), "only mode http: nothing to import");
+    assert!(nothing.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("http-only.cfg:12: dropped: frontend www"));
     let broken = import("parse-error");
     assert_eq!(broken.status.code(), Some(2));
     assert!(broken.stdout.is_empty(), "a file that does not parse gives no config");

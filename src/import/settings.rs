@@ -28,7 +28,10 @@ fn at<T>(value: T, line: &Line) -> Option<At<T>> {
 }
 
 /// HAProxy keywords gatehouse has no equivalent for yet, though one is being added.
-/// When a feature lands, its `gatehouse_key` names the config key and `translate` emits it.
+/// Every such keyword is reported through here. When a feature lands: name its key in
+/// `gatehouse_key`, and write the key where the keyword is read (`server_opts` for
+/// send-proxy and tcp-ut, `translate::bind` for accept-proxy, `translate::proxy` for
+/// SNI rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pending {
     SendProxy,
