@@ -440,3 +440,35 @@ fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
         );
     }
 }
+
+#[test]
+fn weighted_leastconn_and_its_backup_behave_as_in_haproxy() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    let cfg = corpus("exact.cfg");
+    let mut servers = Servers::for_cfg(&cfg);
+    let pair = Pair::start(&cfg, &servers, &[("inter 1s", "inter 300ms")]);
+    // Six held connections over weights 2 and 1: four and two, the backup none.
+    for (proxy, addr) in pair.both("postgres") {
+        let mut held = Vec::new();
+        let mut got = BTreeMap::new();
+        for _ in 0..6 {
+            let mut s = connect(addr);
+            *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
+            held.push(s);
+        }
+        assert_eq!(
+            got,
+            counts(&[("pg1", 4), ("pg2", 2)]),
+            "{proxy}: weighted least connections, 6 held"
+        );
+    }
+    servers.kill("postgres", "pg1");
+    servers.kill("postgres", "pg2");
+    pair.wait_down("postgres", "pg1");
+    pair.wait_down("postgres", "pg2");
+    for (proxy, addr) in pair.both("postgres") {
+        assert_eq!(spread(addr, 5), counts(&[("pg3", 5)]), "{proxy}: both primaries down");
+    }
+}
