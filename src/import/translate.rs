@@ -725,9 +725,14 @@ fn per_backend(s: &Settings, main: &Settings, b: &mut emit::Backend, header: &Li
         let line = s.retries.as_ref().map_or(header.number, |r| r.line);
         let live = b.servers.iter().filter(|x| x.commented.is_none()).count();
         let note = if live > 1 {
+            let others = if retries == 1 {
+                "another server".to_string()
+            } else {
+                format!("up to {retries} other servers")
+            };
             format!(
                 "HAProxy retries a failed connect on the same server (no `option redispatch`); gatehouse \
-                 tries up to {retries} other servers"
+                 tries {others}"
             )
         } else {
             format!(
