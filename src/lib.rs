@@ -5,7 +5,7 @@
 //! asking [`balance`] for a server, [`connect`] for a connection to it and [`forward`]
 //! to move the bytes. Beside it, [`resolve`] and [`health`] keep server state current,
 //! [`app`] builds and swaps [`runtime`] snapshots from [`config`], and [`admin`] shows
-//! it all.
+//! it all. [`import`] turns an HAProxy configuration into a gatehouse one.
 
 pub mod admin;
 pub mod app;
