@@ -5,7 +5,8 @@
 //! asking [`balance`] for a server, [`connect`] for a connection to it and [`forward`]
 //! to move the bytes. Beside it, [`resolve`] and [`health`] keep server state current,
 //! [`app`] builds and swaps [`runtime`] snapshots from [`config`], and [`admin`] shows
-//! it all, seeing the app only through [`control`].
+//! it all, seeing the app only through [`control`]. [`import`] turns an HAProxy
+//! configuration into a gatehouse one.
 //!
 //! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
 //! `admin`, `control`, `listener`, `proxy`, `forward`, `health`, `resolve`, `connect`,
@@ -22,6 +23,7 @@ pub mod control;
 pub mod edge;
 pub mod forward;
 pub mod health;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             ref token_file,
             ref action,
         }) => cli::ctl::ctl(&args.config, admin, token_file.as_deref(), action),
+        Some(Command::Import(ref import)) => cli::import::import(import),
         None | Some(Command::Run) => cli::run::run(&args),
     }
 }

@@ -1,6 +1,5 @@
 //! The command line: its arguments (clap), and the admin API client that `reload` and
-//! `ctl` share. One file per subcommand: `run`, `check`, `reload`, `ctl` (and `import`
-//! to come); `main.rs` only dispatches. Wiring only; the work is in the library.
+//! `ctl` share. One file per subcommand: `run`, `check`, `reload`, `ctl`, `import`; `main.rs` only dispatches. Wiring only; the work is in the library.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +11,7 @@ use gatehouse::config::{Config, DEFAULT_PATH};
 
 pub mod check;
 pub mod ctl;
+pub mod import;
 pub mod log;
 pub mod reload;
 pub mod run;
@@ -66,6 +66,8 @@ pub enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Translate an HAProxy configuration: gatehouse TOML on stdout, a report on stderr.
+    Import(import::ImportArgs),
 }
 
 #[derive(Subcommand)]

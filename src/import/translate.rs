@@ -1,0 +1,745 @@
+//! HAProxy sections into a gatehouse configuration: `global` into `[defaults]` and
+//! `[admin]`, `resolvers` into `[resolver]`, `defaults` handed down to the proxies, each
+//! `frontend` and `listen` into a `[[listener]]`, each `backend` and `listen` into a
+//! `[backend.NAME]` (see `backend`). Every line is reported once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::backend::{self, ServerLine};
+use super::emit::{self, Key, Output};
+use super::lexer::Line;
+use super::model::{self, bind_addrs, fmt_duration, gatehouse_name, Kind, Section};
+use super::report::{Report, Verdict};
+use super::settings::{self, At, Pending, Settings};
+
+/// What `global` says that the rest needs.
+#[derive(Default)]
+struct Global {
+    maxconn: Option<At<u64>>,
+    hard_stop_after: Option<At<Duration>>,
+    ca_base: Option<String>,
+    crt_base: Option<String>,
+}
+
+/// A `frontend`, `backend` or `listen` section, read.
+struct Proxy<'a> {
+    section: &'a Section,
+    settings: Settings,
+    http: bool,
+    binds: Vec<(String, usize)>,
+    bind_lines: Vec<usize>,
+    backend: Option<At<String>>,
+    servers: Vec<ServerLine>,
+}
+
+pub fn translate(sections: &[Section], report: &mut Report) -> Output {
+    let mut out = Output::default();
+    let mut global = Global::default();
+    let mut named_defaults: HashMap<String, Settings> = HashMap::new();
+    let mut last_defaults = Settings::default();
+    let mut main_defaults: Option<Settings> = None;
+    let mut proxies: Vec<Proxy> = Vec::new();
+    let mut resolvers_seen = 0;
+    for section in sections {
+        let h = &section.header;
+        match section.kind {
+            Kind::Global => {
+                report.note(h.number, &h.text, Verdict::Translated, "");
+                for line in &section.body {
+                    global_line(line, &mut global, &mut out, report);
+                }
+            }
+            Kind::Resolvers => {
+                resolvers_seen += 1;
+                resolvers(section, resolvers_seen > 1, &mut out, report);
+            }
+            Kind::Other => {
+                let why = format!("a {} section has no equivalent in gatehouse", section.keyword());
+                report.note(h.number, &h.text, Verdict::Dropped, why.clone());
+                for line in &section.body {
+                    report.note(line.number, &line.text, Verdict::Dropped, why.clone());
+                }
+            }
+            Kind::Defaults => {
+                let mut s = inherited(section, &named_defaults, &Settings::default());
+                report.note(
+                    h.number,
+                    &h.text,
+                    Verdict::Translated,
+                    "handed down to the sections below",
+                );
+                for line in &section.body {
+                    if !conditional(line, report) && !settings::apply(line, &mut s, report) {
+                        report.note(
+                            line.number,
+                            &line.text,
+                            Verdict::Dropped,
+                            format!("`{}` has no equivalent in gatehouse", line.keyword()),
+                        );
+                    }
+                }
+                if !section.name.is_empty() {
+                    named_defaults.insert(section.name.clone(), s.clone());
+                }
+                last_defaults = s;
+            }
+            Kind::Frontend | Kind::Backend | Kind::Listen => {
+                let s = inherited(section, &named_defaults, &last_defaults);
+                let p = proxy(section, s, report);
+                if !p.http && main_defaults.is_none() {
+                    main_defaults = Some(inherited(section, &named_defaults, &last_defaults));
+                }
+                proxies.push(p);
+            }
+        }
+    }
+    let main = main_defaults.unwrap_or(last_defaults);
+    defaults(&main, &global, &mut out);
+    backends_and_listeners(&proxies, &main, &global, &mut out, report);
+    out
+}
+
+fn inherited(section: &Section, named: &HashMap<String, Settings>, last: &Settings) -> Settings {
+    match &section.from {
+        Some(name) => named.get(name).cloned().unwrap_or_default(),
+        None => last.clone(),
+    }
+}
+
+/// `.if`, `.else`, `.endif`, `.diag` …: reported, not evaluated.
+fn conditional(line: &Line, report: &mut Report) -> bool {
+    if !line.keyword().starts_with('.') {
+        return false;
+    }
+    report.note(
+        line.number,
+        &line.text,
+        Verdict::Dropped,
+        "conditional blocks and diagnostics are not evaluated; the lines inside were imported as written",
+    );
+    true
+}
+
+fn global_line(line: &Line, g: &mut Global, out: &mut Output, report: &mut Report) {
+    let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
+    let (verdict, note): (Verdict, String) = match w.as_slice() {
+        [k, ..] if k.starts_with('.') => {
+            conditional(line, report);
+            return;
+        }
+        ["log", "/dev/log", ..] => (
+            Verdict::Translated,
+            "gatehouse logs to stdout, which journald takes, as /dev/log reaches journald".into(),
+        ),
+        ["log", ..] => (
+            Verdict::Approximated,
+            "gatehouse logs to stdout (journald takes it), not to a syslog address".into(),
+        ),
+        ["maxconn", n] => match n.parse::<u64>() {
+            Ok(n) if !(1..=10_000_000).contains(&n) => (
+                Verdict::Dropped,
+                "gatehouse's max_connections is 1 to 10,000,000; listeners are left unlimited".into(),
+            ),
+            Ok(n) => {
+                g.maxconn = Some(At {
+                    value: n,
+                    line: line.number,
+                });
+                (
+                    Verdict::Approximated,
+                    "gatehouse has no process-wide limit: max_connections on each listener without its own".into(),
+                )
+            }
+            Err(e) => (Verdict::Dropped, format!("{e}")),
+        },
+        ["hard-stop-after", t] => match model::duration(t) {
+            Ok(d) => {
+                g.hard_stop_after = Some(At {
+                    value: d,
+                    line: line.number,
+                });
+                (Verdict::Translated, "drain_timeout".into())
+            }
+            Err(e) => (Verdict::Dropped, e),
+        },
+        ["stats", "socket", ..] => {
+            out.admin.set(
+                Key::new("listen", emit::string("127.0.0.1:9100"), vec![line.number]).remark(
+                    "The admin listener replaces the stats socket: `gatehouse ctl status|drain|disable|enable`\n\
+                     and /metrics. On loopback, state changes need no token.",
+                ),
+            );
+            (
+                Verdict::Approximated,
+                "[admin] listen = \"127.0.0.1:9100\": the admin HTTP listener (gatehouse ctl) replaces the stats socket"
+                    .into(),
+            )
+        }
+        ["stats", ..] => (Verdict::Approximated, "the admin listener has its own timeouts".into()),
+        ["ca-base", p] => {
+            g.ca_base = Some(p.to_string());
+            (
+                Verdict::Translated,
+                "relative ca-file paths below are read from here".into(),
+            )
+        }
+        ["crt-base", p] => {
+            g.crt_base = Some(p.to_string());
+            (
+                Verdict::Translated,
+                "relative crt paths below are read from here".into(),
+            )
+        }
+        ["daemon" | "master-worker", ..] => (
+            Verdict::Translated,
+            "systemd runs gatehouse (deploy/gatehouse.service, Type=notify); it does not fork".into(),
+        ),
+        ["user" | "group" | "uid" | "gid" | "chroot" | "pidfile", ..] => (
+            Verdict::Approximated,
+            "the systemd unit runs gatehouse as its own user, sandboxed (deploy/gatehouse.service)".into(),
+        ),
+        ["nbthread" | "nbproc" | "cpu-map", ..] => (
+            Verdict::Approximated,
+            "gatehouse runs one event loop per core; it has no thread setting".into(),
+        ),
+        [k, ..] if k.starts_with("ssl-default-") || k.starts_with("tune.ssl") || *k == "ssl-server-verify" => (
+            Verdict::Dropped,
+            "gatehouse terminates no TLS and originates TLS only in health checks".into(),
+        ),
+        [k, ..] => (Verdict::Dropped, format!("`{k}` has no equivalent in gatehouse")),
+        [] => return,
+    };
+    report.note(line.number, &line.text, verdict, note);
+}
+
+fn resolvers(section: &Section, extra: bool, out: &mut Output, report: &mut Report) {
+    let h = &section.header;
+    if extra {
+        report.note(
+            h.number,
+            &h.text,
+            Verdict::Approximated,
+            "gatehouse has one resolver: nameservers of every resolvers section are asked",
+        );
+    } else {
+        report.note(h.number, &h.text, Verdict::Translated, "[resolver]");
+    }
+    let mut nameservers: Vec<String> = out
+        .resolver
+        .get("nameservers")
+        .map(|k| {
+            k.value
+                .trim_matches(['[', ']'])
+                .split(", ")
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    nameservers.retain(|n| !n.is_empty());
+    let mut lines: Vec<usize> = out
+        .resolver
+        .get("nameservers")
+        .map(|k| k.lines.clone())
+        .unwrap_or_default();
+    for line in &section.body {
+        let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
+        let (verdict, note) = match w.as_slice() {
+            ["nameserver", _, addr] => {
+                let addr = addr.strip_prefix("udp@").or(addr.strip_prefix("tcp@")).unwrap_or(addr);
+                nameservers.push(emit::string(addr));
+                lines.push(line.number);
+                (Verdict::Translated, "nameservers")
+            }
+            ["parse-resolv-conf"] => (
+                Verdict::Translated,
+                "gatehouse reads /etc/resolv.conf when no nameserver is given",
+            ),
+            ["timeout", "retry", t] => match model::duration(t) {
+                Ok(d) => {
+                    out.resolver
+                        .set(Key::new("timeout", emit::string(&fmt_duration(d)), vec![line.number]));
+                    (
+                        Verdict::Approximated,
+                        "timeout (per query; gatehouse asks over UDP, then TCP)",
+                    )
+                }
+                Err(_) => (Verdict::Dropped, "not a time"),
+            },
+            ["timeout", "resolve", ..] | ["hold", ..] | ["resolve_retries", ..] => (
+                Verdict::Approximated,
+                "gatehouse re-resolves as the records' TTL ends (min_refresh..max_refresh) and keeps a failing \
+                 name's last addresses",
+            ),
+            ["accepted_payload_size", ..] => (Verdict::Approximated, "gatehouse's resolver sizes its own replies"),
+            _ => (Verdict::Dropped, "no equivalent in gatehouse's [resolver]"),
+        };
+        report.note(line.number, &line.text, verdict, note);
+    }
+    if !nameservers.is_empty() {
+        out.resolver
+            .set(Key::new("nameservers", format!("[{}]", nameservers.join(", ")), lines));
+    }
+}
+
+/// Reads a proxy section, reporting every line but those `backend` judges.
+fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Proxy<'a> {
+    // The mode decides everything else; HAProxy's default is tcp.
+    let own_mode = section.body.iter().find(|l| l.keyword() == "mode");
+    let http = match own_mode {
+        Some(l) => l.words.get(1).is_some_and(|m| m != "tcp"),
+        None => s.http.as_ref().is_some_and(|h| h.value),
+    };
+    let mut p = Proxy {
+        section,
+        settings: Settings::default(),
+        http,
+        binds: Vec::new(),
+        bind_lines: Vec::new(),
+        backend: None,
+        servers: Vec::new(),
+    };
+    if http {
+        let mut why = format!(
+            "{} {} is in mode http: out of scope, gatehouse is an L4 (TCP) proxy",
+            section.keyword(),
+            section.name
+        );
+        if section
+            .body
+            .iter()
+            .any(|l| l.words.starts_with(&["stats".into(), "enable".into()]))
+        {
+            why.push_str("; gatehouse's admin listener serves a status page and /metrics instead");
+        }
+        report.note(
+            section.header.number,
+            &section.header.text,
+            Verdict::Dropped,
+            why.clone(),
+        );
+        for l in &section.body {
+            report.note(l.number, &l.text, Verdict::Dropped, why.clone());
+        }
+        return p;
+    }
+    let front = matches!(section.kind, Kind::Frontend | Kind::Listen);
+    let back = matches!(section.kind, Kind::Backend | Kind::Listen);
+    let sni = section.body.iter().any(|l| l.text.contains("ssl_sni"));
+    // An unconditional use_backend wins over default_backend, wherever it is.
+    let (mut rule, mut default): (Option<At<String>>, Option<At<String>>) = (None, None);
+    for line in &section.body {
+        let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
+        if conditional(line, report) {
+            continue;
+        }
+        let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
+        match w.as_slice() {
+            ["bind", addr, opts @ ..] if front => bind(line, addr, opts, &mut p, report),
+            ["default_backend", name] if front => {
+                say(Verdict::Translated, "backend".into());
+                default = Some(At {
+                    value: name.to_string(),
+                    line: line.number,
+                });
+            }
+            ["use_backend", name] if front => match &rule {
+                Some(first) => say(
+                    Verdict::Dropped,
+                    format!("never used: the rule on line {} always matches first", first.line),
+                ),
+                None => {
+                    say(Verdict::Translated, "backend (a rule without a condition)".into());
+                    rule = Some(At {
+                        value: name.to_string(),
+                        line: line.number,
+                    });
+                }
+            },
+            ["use_backend", ..] | ["acl", ..] | ["tcp-request", ..] if front && sni => {
+                say(Verdict::Dropped, Pending::SniRoutes.note(w[0]))
+            }
+            ["use_backend", ..] => say(
+                Verdict::Dropped,
+                "gatehouse sends a listener to one backend; conditional rules are not carried over".into(),
+            ),
+            ["acl", ..] | ["tcp-request", ..] | ["tcp-response", ..] => say(
+                Verdict::Dropped,
+                format!("`{}` rules have no equivalent in gatehouse", w[0]),
+            ),
+            ["server", name, addr, ..] if back => match model::server_addr(addr) {
+                Ok(a) => {
+                    let mut opts = settings::server_opts(line, 3, report);
+                    opts.inherit(&s.default_server);
+                    p.servers.push(ServerLine {
+                        line: line.clone(),
+                        name: name.to_string(),
+                        addr: a,
+                        opts,
+                    });
+                }
+                Err(e) => say(Verdict::Dropped, e),
+            },
+            [k, ..] if k.starts_with("stick") => say(
+                Verdict::Dropped,
+                "gatehouse has no stick tables; balance = \"source-hash\" keeps a client on one server".into(),
+            ),
+            _ => {
+                if !settings::apply(line, &mut s, report) {
+                    let k = line.keyword().to_string();
+                    report.note(
+                        line.number,
+                        &line.text,
+                        Verdict::Dropped,
+                        format!(
+                            "`{k}` has no equivalent in gatehouse (or does not belong in a {})",
+                            section.keyword()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    p.backend = rule.or(default);
+    p.settings = s;
+    p
+}
+
+/// Bind options that take an argument, for options read only to be reported.
+const BIND_ONE: &[&str] = &[
+    "name",
+    "crt",
+    "ca-file",
+    "maxconn",
+    "backlog",
+    "interface",
+    "mss",
+    "nice",
+    "process",
+    "thread",
+    "user",
+    "group",
+    "uid",
+    "gid",
+    "mode",
+    "namespace",
+    "id",
+    "level",
+    "alpn",
+    "ciphers",
+    "ciphersuites",
+    "curves",
+    "ecdhe",
+    "ssl-min-ver",
+    "ssl-max-ver",
+    "verify",
+    "crl-file",
+    "crt-list",
+    "tcp-ut",
+    "npn",
+    "sigalgs",
+    "client-sigalgs",
+    "label",
+    "proto",
+    "severity-output",
+    "ca-sign-file",
+    "ca-sign-pass",
+    "ca-verify-file",
+    "quic-cc-algo",
+];
+
+fn bind(line: &Line, word: &str, opts: &[&str], p: &mut Proxy, report: &mut Report) {
+    let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
+    let addrs = match bind_addrs(word) {
+        Ok(a) => a,
+        Err(e) => return say(Verdict::Dropped, e),
+    };
+    let has = |o: &str| opts.contains(&o);
+    let mut i = 0;
+    while i < opts.len() {
+        let o = opts[i];
+        match o {
+            "v4v6" | "v6only" | "name" | "id" => {}
+            "accept-proxy" => say(Verdict::Dropped, Pending::AcceptProxy.note(o)),
+            "tcp-ut" => say(Verdict::Dropped, Pending::UserTimeout.note(o)),
+            "maxconn" => say(
+                Verdict::Approximated,
+                "`maxconn` of one bind: max_connections limits the whole listener".into(),
+            ),
+            "ssl" | "crt" | "crt-list" => say(
+                Verdict::Dropped,
+                format!("`{o}`: gatehouse terminates no TLS; the client's TLS goes through to the servers"),
+            ),
+            "transparent" | "interface" | "namespace" | "defer-accept" | "tfo" | "backlog" | "mss" => say(
+                Verdict::Dropped,
+                format!("`{o}`: gatehouse does not set this socket option"),
+            ),
+            _ => say(Verdict::Dropped, format!("`{o}` has no equivalent in gatehouse")),
+        }
+        i += 1 + usize::from(BIND_ONE.contains(&o));
+    }
+    for a in addrs {
+        let v6_any = a.ip.is_unspecified() && a.ip.is_ipv6();
+        let mut rendered = vec![std::net::SocketAddr::new(a.ip, a.port).to_string()];
+        if v6_any && !has("v6only") {
+            // Linux binds [::] dual-stack by default (bindv6only=0); gatehouse's [::] is
+            // IPv6 only, so IPv4 gets its own address.
+            rendered.insert(0, format!("0.0.0.0:{}", a.port));
+            say(
+                Verdict::Translated,
+                "[::] takes IPv4 too: bound as 0.0.0.0 and [::]".into(),
+            );
+        }
+        for r in rendered {
+            if !p.binds.iter().any(|(b, _)| *b == r) {
+                p.binds.push((r, line.number));
+            }
+        }
+    }
+    p.bind_lines.push(line.number);
+    say(Verdict::Translated, "bind".into());
+}
+
+fn idle(s: &Settings) -> Option<(Duration, Vec<usize>)> {
+    if let Some(t) = &s.timeout_tunnel {
+        return Some((t.value, vec![t.line]));
+    }
+    match (&s.timeout_client, &s.timeout_server) {
+        (Some(c), Some(sv)) => Some((c.value.min(sv.value), vec![c.line, sv.line])),
+        (Some(t), None) | (None, Some(t)) => Some((t.value, vec![t.line])),
+        (None, None) => None,
+    }
+}
+
+fn defaults(main: &Settings, g: &Global, out: &mut Output) {
+    if let Some(t) = &main.timeout_connect {
+        out.defaults.set(Key::new(
+            "connect_timeout",
+            emit::string(&fmt_duration(t.value)),
+            vec![t.line],
+        ));
+    }
+    if let Some((d, lines)) = idle(main) {
+        out.defaults
+            .set(Key::new("idle_timeout", emit::string(&fmt_duration(d)), lines));
+    }
+    let retries = match &main.retries {
+        Some(r) => Key::new("retries", r.value.min(100).to_string(), vec![r.line]),
+        None => Key::new("retries", "3".into(), vec![]).remark("HAProxy's default"),
+    };
+    out.defaults.set(retries);
+    if let Some(h) = &g.hard_stop_after {
+        out.defaults.set(Key::new(
+            "drain_timeout",
+            emit::string(&fmt_duration(h.value)),
+            vec![h.line],
+        ));
+    }
+}
+
+fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &mut Output, report: &mut Report) {
+    let tcp: Vec<&Proxy> = proxies.iter().filter(|p| !p.http).collect();
+    // Ports bound by the listeners of each backend, for servers without a port.
+    let mut ports: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    for p in &tcp {
+        let target = match p.section.kind {
+            Kind::Listen => Some(p.section.name.as_str()),
+            _ => p.backend.as_ref().map(|b| b.value.as_str()),
+        };
+        if let Some(t) = target {
+            let e = ports.entry(t).or_default();
+            for (b, _) in &p.binds {
+                if let Some(port) = b.rsplit(':').next().and_then(|x| x.parse().ok()) {
+                    if !e.contains(&port) {
+                        e.push(port);
+                    }
+                }
+            }
+        }
+    }
+    let main_idle = idle(main).map(|i| i.0);
+    let mut built: HashMap<&str, String> = HashMap::new();
+    for p in tcp
+        .iter()
+        .filter(|p| matches!(p.section.kind, Kind::Backend | Kind::Listen))
+    {
+        let name = p.section.name.as_str();
+        let ctx = backend::Context {
+            ca_base: g.ca_base.as_deref(),
+            crt_base: g.crt_base.as_deref(),
+            listener_port: ports.get(name).filter(|v| v.len() == 1).map(|v| v[0]),
+        };
+        let header = &p.section.header;
+        if p.servers.is_empty() && p.section.kind == Kind::Listen && p.backend.is_some() {
+            continue; // a listen that only routes elsewhere
+        }
+        let Some(mut b) = backend::build(name, header, &p.settings, &p.servers, &ctx, report) else {
+            continue;
+        };
+        per_backend(&p.settings, main, &mut b, header, report);
+        built.insert(name, b.name.clone());
+        out.backends.push(b);
+    }
+    let mut taken: HashMap<String, String> = HashMap::new();
+    for p in tcp
+        .iter()
+        .filter(|p| matches!(p.section.kind, Kind::Frontend | Kind::Listen))
+    {
+        let h = &p.section.header;
+        let mut free: Vec<&(String, usize)> = Vec::new();
+        for b in &p.binds {
+            match taken.get(&b.0) {
+                Some(other) => report.note(
+                    b.1,
+                    "",
+                    Verdict::Dropped,
+                    format!(
+                        "{} is bound by listener {other:?} already: HAProxy shares it between both \
+                         (SO_REUSEPORT), gatehouse binds an address once",
+                        b.0
+                    ),
+                ),
+                None => free.push(b),
+            }
+        }
+        if free.is_empty() {
+            if p.section.kind == Kind::Frontend || !built.contains_key(p.section.name.as_str()) {
+                report.note(
+                    h.number,
+                    &h.text,
+                    Verdict::Dropped,
+                    "no bind gatehouse can use: no listener",
+                );
+            }
+            continue;
+        }
+        let target = match (&p.backend, p.section.kind) {
+            (Some(b), _) => Some((b.value.as_str(), b.line)),
+            (None, Kind::Listen) => Some((p.section.name.as_str(), h.number)),
+            (None, _) => None,
+        };
+        let Some((target, target_line)) = target else {
+            report.note(h.number, &h.text, Verdict::Dropped, "no default_backend: no listener");
+            continue;
+        };
+        let Some(gbackend) = built.get(target) else {
+            report.note(
+                target_line,
+                &h.text,
+                Verdict::Dropped,
+                format!("backend {target} is not imported (see its lines): no listener"),
+            );
+            report.note(
+                h.number,
+                &h.text,
+                Verdict::Dropped,
+                format!("its backend {target} is not imported: no listener"),
+            );
+            for l in &p.bind_lines {
+                report.note(*l, "", Verdict::Dropped, "its listener is not imported");
+            }
+            continue;
+        };
+        let name = gatehouse_name(&p.section.name).unwrap_or_else(|| p.section.name.clone());
+        let mut l = emit::Listener {
+            lines: vec![h.number],
+            table: emit::Table::default(),
+        };
+        l.table.set(Key::new("name", emit::string(&name), vec![]));
+        for (b, _) in &free {
+            taken.insert(b.clone(), name.clone());
+        }
+        let binds: Vec<String> = free.iter().map(|(b, _)| emit::string(b)).collect();
+        l.table.set(Key::new(
+            "bind",
+            format!("[{}]", binds.join(", ")),
+            p.bind_lines.clone(),
+        ));
+        let lines = if target_line == h.number {
+            vec![]
+        } else {
+            vec![target_line]
+        };
+        l.table.set(Key::new("backend", emit::string(gbackend), lines));
+        match (&p.settings.maxconn, &g.maxconn) {
+            (Some(m), _) | (None, Some(m)) => {
+                l.table
+                    .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
+            }
+            (None, None) => {}
+        }
+        report.note(h.number, &h.text, Verdict::Translated, "[[listener]]");
+        if target_line != h.number {
+            report.note(target_line, "", Verdict::Translated, "backend");
+        }
+        // One idle_timeout serves every listener.
+        if let (Some((d, lines)), Some(main)) = (idle(&p.settings), main_idle) {
+            if d != main {
+                for line in lines {
+                    report.note(
+                        line,
+                        "",
+                        Verdict::Approximated,
+                        format!(
+                            "gatehouse has one idle_timeout for all listeners: {}",
+                            fmt_duration(main)
+                        ),
+                    );
+                }
+            }
+        }
+        out.listeners.push(l);
+    }
+    // client and server timeouts that differ become their minimum.
+    if let (Some(c), Some(s), None) = (&main.timeout_client, &main.timeout_server, &main.timeout_tunnel) {
+        if c.value != s.value {
+            for line in [c.line, s.line] {
+                report.note(
+                    line,
+                    "",
+                    Verdict::Approximated,
+                    "client and server timeouts differ: idle_timeout is the shorter (one timeout for both sides)",
+                );
+            }
+        }
+    }
+}
+
+/// connect_timeout and retries where the backend differs from `[defaults]`.
+fn per_backend(s: &Settings, main: &Settings, b: &mut emit::Backend, header: &Line, report: &mut Report) {
+    if let Some(t) = &s.timeout_connect {
+        if main.timeout_connect.as_ref().map(|m| m.value) != Some(t.value) {
+            b.table.set(Key::new(
+                "connect_timeout",
+                emit::string(&fmt_duration(t.value)),
+                vec![t.line],
+            ));
+        }
+    }
+    let retries = s.retries.as_ref().map_or(3, |r| r.value);
+    if retries != main.retries.as_ref().map_or(3, |r| r.value) {
+        let lines = s.retries.as_ref().map(|r| r.line).into_iter().collect();
+        b.table.set(Key::new("retries", retries.min(100).to_string(), lines));
+    }
+    if retries > 0 && !s.redispatch.as_ref().is_some_and(|r| r.value) {
+        let line = s.retries.as_ref().map_or(header.number, |r| r.line);
+        let live = b.servers.iter().filter(|x| x.commented.is_none()).count();
+        let note = if live > 1 {
+            let others = if retries == 1 {
+                "another server".to_string()
+            } else {
+                format!("up to {retries} other servers")
+            };
+            format!(
+                "HAProxy retries a failed connect on the same server (no `option redispatch`); gatehouse \
+                 tries {others}"
+            )
+        } else {
+            format!(
+                "HAProxy retries a failed connect on the same server up to {retries} times; gatehouse retries \
+                 on other servers only, and this backend has one"
+            )
+        };
+        report.note(line, "", Verdict::Approximated, note);
+    }
+}

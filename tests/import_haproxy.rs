@@ -1,0 +1,474 @@
+//! Side by side with a real HAProxy: a corpus file runs in HAProxy as written (its
+//! addresses moved to loopback), its import runs in gatehouse, both in front of the
+//! same loopback servers, and both must behave the same: which servers receive
+//! connections under each balance mode, a server that fails its check taken out by
+//! both, backups used only when every primary is down.
+//!
+//! Needs `haproxy` (Debian's package; `.ci/run` installs it); says SKIPPED without it.
+//! HAProxy cannot bind port 0, so each bind gets a fresh 127.x address and a port read
+//! back from a socket bound there first. Readiness and server state are polled with
+//! deadlines: HAProxy's by connecting and by its "is DOWN" warnings on stderr,
+//! gatehouse's by sd_notify and the admin API.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn corpus(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn haproxy_available() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A fresh loopback address with a port nobody holds.
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind((fresh_ip(), 0)).expect("bind a fresh loopback address");
+    l.local_addr().unwrap()
+}
+
+/// The loopback servers of a corpus file: one named backend per `server` line.
+struct Servers {
+    /// (section, server) → the backend standing in for it.
+    by_name: BTreeMap<(String, String), Backend>,
+}
+
+impl Servers {
+    fn for_cfg(cfg: &str) -> Servers {
+        let mut by_name = BTreeMap::new();
+        let mut section = String::new();
+        for line in cfg.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["frontend" | "backend" | "listen", name, ..] => section = name.to_string(),
+                ["server", name, ..] => {
+                    let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+                    let b = Backend::named(SocketAddr::new(fresh_ip().into(), 0), name);
+                    by_name.insert((section.clone(), name.to_string()), b);
+                }
+                _ => {}
+            }
+        }
+        Servers { by_name }
+    }
+
+    fn addr(&self, section: &str, server: &str) -> SocketAddr {
+        self.by_name[&(section.to_string(), server.to_string())].addr
+    }
+
+    fn kill(&mut self, section: &str, server: &str) {
+        self.by_name
+            .remove(&(section.to_string(), server.to_string()))
+            .unwrap_or_else(|| panic!("no server {section}/{server}"))
+            .kill();
+    }
+}
+
+/// `cfg` with every server on its loopback stand-in, every bind on a fresh address
+/// (returned by section), and `replace` applied.
+fn localize(cfg: &str, servers: &Servers, replace: &[(&str, &str)]) -> (String, HashMap<String, SocketAddr>) {
+    let mut out = String::new();
+    let mut binds = HashMap::new();
+    let mut section = String::new();
+    for line in cfg.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let mut line = line.to_string();
+        match w.as_slice() {
+            ["frontend" | "backend" | "listen", name, ..] => section = name.to_string(),
+            ["bind", addr, ..] => {
+                let new = free_addr();
+                binds.insert(section.clone(), new);
+                line = line.replacen(addr, &new.to_string(), 1);
+            }
+            ["server", name, addr, ..] => {
+                let b = &servers.by_name[&(section.clone(), name.to_string())];
+                line = line.replacen(addr, &b.addr.to_string(), 1);
+            }
+            _ => {}
+        }
+        for (from, to) in replace {
+            line = line.replace(from, to);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    (out, binds)
+}
+
+/// Whether a socket listens on `addr` (IPv4), from /proc/net/tcp.
+fn listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(a) = addr else { return false };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port());
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
+/// A running HAProxy (`haproxy -db`), its warnings captured.
+struct Haproxy {
+    child: Child,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(cfg: &str, binds: &HashMap<String, SocketAddr>) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let stderr = dir.path().join("stderr");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("run haproxy");
+        let h = Haproxy {
+            child,
+            stderr,
+            _dir: dir,
+        };
+        // Not by connecting: a probe would take a turn of the balancer.
+        for addr in binds.values() {
+            let up = wait_until(Duration::from_secs(10), || listening(*addr));
+            assert!(up, "haproxy did not listen on {addr} within 10 s:\n{}", h.log());
+        }
+        h
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for HAProxy to say that `section/server` is down.
+    fn wait_down(&self, section: &str, server: &str) {
+        let needle = format!("Server {section}/{server} is DOWN");
+        let down = wait_until(Duration::from_secs(10), || self.log().contains(&needle));
+        assert!(
+            down,
+            "haproxy did not mark {section}/{server} down within 10 s:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Imports `cfg` with the real binary; adds an admin listener to watch server states.
+fn import(cfg: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(BIN).arg("import").arg(&path).output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut toml = String::from_utf8(out.stdout).unwrap();
+    toml.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    toml
+}
+
+/// The two proxies under test, each with its listener address per section.
+struct Pair {
+    haproxy: Haproxy,
+    haproxy_binds: HashMap<String, SocketAddr>,
+    gatehouse: Gatehouse,
+}
+
+impl Pair {
+    fn start(cfg: &str, servers: &Servers, replace: &[(&str, &str)]) -> Pair {
+        let (h_cfg, haproxy_binds) = localize(cfg, servers, replace);
+        let (g_cfg, _) = localize(cfg, servers, replace);
+        let gatehouse = Gatehouse::start(&import(&g_cfg));
+        let haproxy = Haproxy::start(&h_cfg, &haproxy_binds);
+        Pair {
+            haproxy,
+            haproxy_binds,
+            gatehouse,
+        }
+    }
+
+    /// (proxy name, address of `section`'s listener) for both.
+    fn both(&self, section: &str) -> [(&'static str, SocketAddr); 2] {
+        [
+            ("haproxy", self.haproxy_binds[section]),
+            ("gatehouse", self.gatehouse.addr(section)),
+        ]
+    }
+
+    /// Waits until both say `section/server` is down; prints how long each took.
+    fn wait_down(&self, section: &str, server: &str) {
+        let start = std::time::Instant::now();
+        self.haproxy.wait_down(section, server);
+        let haproxy = start.elapsed();
+        let admin = self.gatehouse.admin();
+        let down = wait_until(Duration::from_secs(10), || {
+            server_state(admin, section, server) == "down"
+        });
+        let gatehouse = start.elapsed();
+        assert!(down, "gatehouse did not mark {section}/{server} down within 10 s");
+        eprintln!("{section}/{server} marked down after: haproxy {haproxy:?}, gatehouse by {gatehouse:?}");
+    }
+}
+
+/// Connects from `from` (any loopback address) and returns the server's name.
+fn served_by(addr: SocketAddr, from: Option<std::net::Ipv4Addr>) -> String {
+    let s = match from {
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
+            sock.connect_timeout(&addr.into(), Duration::from_secs(5)).unwrap();
+            let s: TcpStream = sock.into();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        }
+        None => connect(addr),
+    };
+    let mut s = s;
+    read_line(&mut s).unwrap_or_else(|e| panic!("no server name through {addr}: {e}"))
+}
+
+/// An HTTP health endpoint: answers every request with `status`.
+fn http_check_endpoint(addr: SocketAddr, status: u16) -> Backend {
+    Backend::serve(addr, move |mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    })
+}
+
+/// Names of the servers `n` one-after-another connections reach, counted.
+fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(served_by(addr, None)).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn gallade_round_robin_and_a_failed_check_behave_as_in_haproxy() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    let cfg = corpus("gallade.cfg");
+    let mut servers = Servers::for_cfg(&cfg);
+    // Checks every 300 ms instead of 2 s, so that a server goes down in about a second.
+    let pair = Pair::start(&cfg, &servers, &[("inter 2s", "inter 300ms")]);
+    for (proxy, addr) in pair.both("k8s-api") {
+        let got = spread(addr, 30);
+        let want = counts(&[("arkveld", 10), ("reydau", 10), ("zohshia", 10)]);
+        assert_eq!(got, want, "{proxy}: round robin over 30 connections");
+    }
+    for (proxy, addr) in pair.both("ingress-https") {
+        assert_eq!(
+            spread(addr, 3),
+            counts(&[("cilium-gateway", 3)]),
+            "{proxy}: ingress-https"
+        );
+    }
+    servers.kill("k8s-api", "reydau");
+    pair.wait_down("k8s-api", "reydau");
+    for (proxy, addr) in pair.both("k8s-api") {
+        let got = spread(addr, 12);
+        assert_eq!(
+            got,
+            counts(&[("arkveld", 6), ("zohshia", 6)]),
+            "{proxy}: after reydau failed its check"
+        );
+    }
+}
+
+#[test]
+fn balance_modes_pick_the_same_servers_as_haproxy() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    let cfg = corpus("balance-modes.cfg");
+    let mut servers = Servers::for_cfg(&cfg);
+    // The httpchk servers are checked on port 8081 of their addresses.
+    let _checks = [("ok", 200), ("sick", 500)]
+        .map(|(name, status)| http_check_endpoint(SocketAddr::new(servers.addr("httpchk", name).ip(), 8081), status));
+    let pair = Pair::start(&cfg, &servers, &[]);
+
+    // roundrobin, weights 1 and 2: a third and two thirds, exactly.
+    for (proxy, addr) in pair.both("rr") {
+        assert_eq!(
+            spread(addr, 30),
+            counts(&[("a", 10), ("b", 20)]),
+            "{proxy}: weighted round robin"
+        );
+    }
+
+    // leastconn with connections held open: each new one goes to the least loaded.
+    for (proxy, addr) in pair.both("leastconn") {
+        let mut held = Vec::new();
+        let mut got = BTreeMap::new();
+        for _ in 0..6 {
+            let mut s = connect(addr);
+            *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
+            held.push(s);
+        }
+        assert_eq!(
+            got,
+            counts(&[("a", 2), ("b", 2), ("c", 2)]),
+            "{proxy}: least connections, 6 held"
+        );
+    }
+
+    // source: every client address sticks to one server; addresses spread.
+    for (proxy, addr) in pair.both("source") {
+        let mut per_client = BTreeMap::new();
+        for host in 1..=8u8 {
+            let ip = std::net::Ipv4Addr::new(127, 0, 9, host);
+            let seen: Vec<String> = (0..3).map(|_| served_by(addr, Some(ip))).collect();
+            assert!(
+                seen.iter().all(|s| *s == seen[0]),
+                "{proxy}: {ip} moved between servers: {seen:?}"
+            );
+            per_client.insert(ip, seen[0].clone());
+        }
+        let used: std::collections::BTreeSet<&String> = per_client.values().collect();
+        assert!(
+            used.len() >= 2,
+            "{proxy}: 8 client addresses all on one server: {per_client:?}"
+        );
+    }
+
+    // random (two draws): every server takes a share.
+    for (proxy, addr) in pair.both("random") {
+        let got = spread(addr, 60);
+        assert!(
+            got.len() == 3 && got.values().all(|n| *n >= 5),
+            "{proxy}: random over 60 connections: {got:?}"
+        );
+    }
+
+    // backup: unused while a primary is up; takes everything when none is.
+    for (proxy, addr) in pair.both("failover") {
+        assert_eq!(
+            spread(addr, 20),
+            counts(&[("p1", 10), ("p2", 10)]),
+            "{proxy}: primaries up"
+        );
+    }
+    servers.kill("failover", "p1");
+    servers.kill("failover", "p2");
+    pair.wait_down("failover", "p1");
+    pair.wait_down("failover", "p2");
+    for (proxy, addr) in pair.both("failover") {
+        assert_eq!(spread(addr, 10), counts(&[("b1", 10)]), "{proxy}: every primary down");
+    }
+
+    // An HTTP check answered with 500 takes the server out in both.
+    pair.wait_down("httpchk", "sick");
+    for (proxy, addr) in pair.both("httpchk") {
+        assert_eq!(
+            spread(addr, 6),
+            counts(&[("ok", 6)]),
+            "{proxy}: sick answers its check with 500"
+        );
+    }
+
+    // A server that fails its check is out of rotation in both.
+    servers.kill("rr", "a");
+    pair.wait_down("rr", "a");
+    for (proxy, addr) in pair.both("rr") {
+        assert_eq!(
+            spread(addr, 10),
+            counts(&[("b", 10)]),
+            "{proxy}: after a failed its check"
+        );
+    }
+}
+
+#[test]
+fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    // edge-cases.cfg holds an unknown keyword on purpose, parse-error.cfg an unclosed
+    // quote, and haproxy-docs.cfg names certificate files this machine lacks.
+    for name in ["gallade.cfg", "balance-modes.cfg", "exact.cfg", "http-only.cfg"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
+        let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "haproxy -c refuses {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn weighted_leastconn_and_its_backup_behave_as_in_haproxy() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    let cfg = corpus("exact.cfg");
+    let mut servers = Servers::for_cfg(&cfg);
+    let pair = Pair::start(&cfg, &servers, &[("inter 1s", "inter 300ms")]);
+    // Six held connections over weights 2 and 1: four and two, the backup none.
+    for (proxy, addr) in pair.both("postgres") {
+        let mut held = Vec::new();
+        let mut got = BTreeMap::new();
+        for _ in 0..6 {
+            let mut s = connect(addr);
+            *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
+            held.push(s);
+        }
+        assert_eq!(
+            got,
+            counts(&[("pg1", 4), ("pg2", 2)]),
+            "{proxy}: weighted least connections, 6 held"
+        );
+    }
+    servers.kill("postgres", "pg1");
+    servers.kill("postgres", "pg2");
+    pair.wait_down("postgres", "pg1");
+    pair.wait_down("postgres", "pg2");
+    for (proxy, addr) in pair.both("postgres") {
+        assert_eq!(spread(addr, 5), counts(&[("pg3", 5)]), "{proxy}: both primaries down");
+    }
+}
