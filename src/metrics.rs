@@ -209,3 +209,9 @@ pub fn config_reload(success: bool) {
         gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::clock::unix_now());
     }
 }
+
+/// A connection to the admin listener closed unserved: `listener="admin"`, with
+/// `reason` one of `denied`, `source_limit`, `limit` (every slot busy serving).
+pub fn admin_rejected(reason: &'static str) {
+    counter!(CONNECTIONS_REJECTED, "listener" => "admin", "reason" => reason).increment(1);
+}
