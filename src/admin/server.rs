@@ -237,3 +237,35 @@ impl Drop for Busy {
         self.slots.set_idle(self.id, Some(Instant::now()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_admin_listener_makes_room_by_closing_the_longest_idle_never_a_busy_one() {
+        let slots = Arc::new(Slots::default());
+        let mut held: Vec<Slot> = (0..MAX_CONNECTIONS).map(|_| slots.take().expect("room")).collect();
+        // The first connection is answering a request; the second has been idle longest.
+        let busy = held[0].busy();
+        let newcomer = slots.take().expect("an idle connection makes room");
+        let evicted = tokio::time::timeout(Duration::from_secs(1), held[1].evict.notified()).await;
+        assert!(evicted.is_ok(), "the longest-idle connection is told to close");
+        assert_eq!(slots.live.lock().unwrap().len(), MAX_CONNECTIONS);
+        // Every connection answering: a newcomer is refused instead.
+        let all_busy: Vec<Busy> = held.iter().skip(2).map(Slot::busy).chain([newcomer.busy()]).collect();
+        assert!(
+            slots.take().is_none(),
+            "no connection that is answering is closed for a newcomer"
+        );
+        drop((busy, all_busy));
+        held.truncate(10);
+        // Ten kept, one of them the evicted one (already gone), and the newcomer.
+        assert_eq!(
+            slots.live.lock().unwrap().len(),
+            10,
+            "dropped connections give their places back"
+        );
+        drop(newcomer);
+    }
+}
