@@ -365,3 +365,60 @@ fn admin_answers_within_a_second_while_200_slow_clients_hold_connections() {
         "the head deadline closed the slow clients, which reopened: {report}"
     );
 }
+
+#[test]
+fn admin_allow_and_per_source_cap_refuse_at_once_and_leave_others_served() {
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = config(&[format!("\"{}\"", backend.addr)], "", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nallow = [\"127.0.0.1\", \"127.9.5.0/24\"]\nsource_limit = { connections = 3 }",
+    );
+    let g = Gatehouse::start(&config);
+    let admin = g.admin();
+
+    let mut outsider = connect_from(v4("127.9.4.2"), admin).unwrap();
+    write!(
+        outsider,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok();
+    assert!(
+        closed_at_once(&mut outsider),
+        "a client outside [admin] allow is closed unanswered"
+    );
+
+    // Three idle connections from one address are held; the fourth is closed at once.
+    let held: Vec<TcpStream> = (0..3).map(|_| connect_from(v4("127.9.5.2"), admin).unwrap()).collect();
+    let mut fourth = connect_from(v4("127.9.5.2"), admin).unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_at_once(&mut fourth),
+        "a fourth admin connection from one address is refused"
+    );
+    let refused_in = started.elapsed();
+    assert!(
+        refused_in < Duration::from_secs(1),
+        "refused at once, not at a deadline: {refused_in:?}"
+    );
+    let mut neighbour = connect_from(v4("127.9.5.3"), admin).unwrap();
+    write!(
+        neighbour,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    neighbour.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another address is served: {answer:?}"
+    );
+
+    let denied = metric(admin, REJECTED, &[("listener", "admin"), ("reason", "denied")]);
+    let limited = metric(admin, REJECTED, &[("listener", "admin"), ("reason", "source_limit")]);
+    assert_eq!(
+        (denied, limited),
+        (1.0, 1.0),
+        "admin refusals by reason (denied, source_limit)"
+    );
+    drop(held);
+}
