@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use serde_json::{json, Value};
+
 use crate::control::Control;
 use crate::runtime::{AdminState, Server, Snapshot};
-use serde_json::{json, Value};
 
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
