@@ -1,61 +1,28 @@
 //! The admin listener: Prometheus metrics, health endpoints, the status API and page,
 //! and runtime control (drain, disable, enable, reload).
 //!
-//! A deliberately small HTTP/1.1 server: one request per connection, bounded in size
-//! and time, because it serves a scraper, a browser and `gatehouse ctl`, not the
-//! internet. Reading is open; changing state is allowed from loopback only, or, when
-//! the operator set `[admin] token_file`, only with that token (from anywhere).
+//! HTTP/1.1 is hyper's, bounded in head size and time, with per-source and total caps
+//! (`admin/server.rs`), because a scraper, a watchdog and `gatehouse ctl` must be
+//! answered while other clients stall. Reading is open; changing state is allowed from
+//! loopback only, or, when the operator set `[admin] token_file`, only with that token
+//! (from anywhere). This file holds the routes and the status document.
 //!
 //! It reaches the running gatehouse only through [`Control`], never the app itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::control::{AdminHandle, Control};
+use crate::control::Control;
 use crate::runtime::{AdminState, Server, Snapshot};
 
-const MAX_REQUEST: usize = 16 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CLIENTS: usize = 64;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
-/// Binds the admin listener and serves it until dropped.
-pub fn start(addr: SocketAddr, app: Weak<dyn Control>) -> std::io::Result<AdminHandle> {
-    let socket = crate::listener::bind(addr, 1)?
-        .pop()
-        .ok_or_else(|| std::io::Error::other("no socket"))?;
-    let local = socket.local_addr()?;
-    let listener = TcpListener::from_std(socket)?;
-    tracing::info!(%local, "admin listening");
-    // Clients that connect and stall cost a slot for REQUEST_TIMEOUT at most, and never
-    // more than MAX_CLIENTS slots at once: the proxy's own file descriptors stay free.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "admin: too many clients at once; closing");
-                continue;
-            };
-            let app = app.clone();
-            tokio::spawn(async move {
-                if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, peer, app)).await {
-                    tracing::debug!(%peer, "admin request timed out: {e}");
-                }
-                drop(slot);
-            });
-        }
-    });
-    Ok(AdminHandle::new(addr, local, task))
-}
+mod server;
+
+pub use server::start;
 
 struct Request {
     method: String,
@@ -91,62 +58,40 @@ impl Response {
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, app: Weak<dyn Control>) {
-    let response = match read_request(&mut stream).await {
-        Ok(req) => match app.upgrade() {
-            Some(app) => route(&app, &req, peer).await,
-            None => Response::error(503, "shutting down"),
-        },
-        Err(e) => Response::error(400, e),
-    };
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&response.body).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn read_request(stream: &mut TcpStream) -> Result<Request, String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed before the request was complete".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err("request too large".into());
-        }
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "request is not UTF-8".to_string())?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(_version)) = (first.next(), first.next(), first.next()) else {
-        return Err("malformed request line".into());
-    };
-    let mut token = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("authorization") {
-                token = value.trim().strip_prefix("Bearer ").map(|t| t.trim().to_string());
-            }
-        }
-    }
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    Ok(Request {
-        method: method.to_string(),
-        path,
+/// Answers one request (hyper has read and checked its head).
+async fn respond(
+    req: &hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    app: Weak<dyn Control>,
+) -> hyper::Response<server::Body> {
+    let token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let request = Request {
+        method: req.method().as_str().to_string(),
+        path: req.uri().path().to_string(),
         token,
-    })
+    };
+    let response = match app.upgrade() {
+        Some(app) => route(&app, &request, peer).await,
+        None => Response::error(503, "shutting down"),
+    };
+    let mut out = hyper::Response::new(server::Body::from(response.body));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(response.content_type),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    out
 }
 
 async fn route(app: &Arc<dyn Control>, req: &Request, peer: SocketAddr) -> Response {
@@ -246,20 +191,6 @@ fn is_mapped_loopback(peer: SocketAddr) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        422 => "Unprocessable Entity",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
 }
 
 /// The status document of `GET /api/v1/status`.

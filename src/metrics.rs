@@ -101,6 +101,9 @@ pub struct ListenerMetrics {
     pub accepted: Counter,
     pub rejected_no_server: Counter,
     pub rejected_limit: Counter,
+    /// Refused by `allow`/`deny` and by `source_limit`.
+    pub rejected_denied: Counter,
+    pub rejected_source_limit: Counter,
     pub duration: Histogram,
 }
 
@@ -111,6 +114,8 @@ impl ListenerMetrics {
             accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
             rejected_no_server: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "no_server"),
             rejected_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "limit"),
+            rejected_denied: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "denied"),
+            rejected_source_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "source_limit"),
             duration: histogram!(CONNECTION_DURATION, "listener" => l),
         }
     }
@@ -203,4 +208,10 @@ pub fn config_reload(success: bool) {
     if success {
         gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::clock::unix_now());
     }
+}
+
+/// A connection to the admin listener closed unserved: `listener="admin"`, with
+/// `reason` one of `denied`, `source_limit`, `limit` (every slot busy serving).
+pub fn admin_rejected(reason: &'static str) {
+    counter!(CONNECTIONS_REJECTED, "listener" => "admin", "reason" => reason).increment(1);
 }

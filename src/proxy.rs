@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::clock::rounded_ms;
 use crate::config::OnDown;
 use crate::connect::{self, NoServer};
+use crate::edge::admission::Refused;
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::ratelimit::RateLimitedLog;
@@ -114,6 +115,20 @@ pub async fn serve(
     let _listener_active = Held::new(&listener.counters.active);
     listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
     listener.metrics.accepted.increment(1);
+
+    // The edge first: allow/deny, then per-source limits. The client is the peer until
+    // a PROXY-protocol header is read; that address will replace `peer` here.
+    let _admitted = match listener.admission.admit(peer.ip(), accepted_at) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            match refused {
+                Refused::Denied(_) => listener.metrics.rejected_denied.increment(1),
+                Refused::SourceLimit(_) => listener.metrics.rejected_source_limit.increment(1),
+            }
+            note_refused(&listener.name, peer, &refused);
+            return;
+        }
+    };
 
     if let Some(max) = listener.config.max_connections {
         if listener.counters.active.load(Ordering::Relaxed) as usize > max {
@@ -230,5 +245,15 @@ static REJECT_LOG: RateLimitedLog = RateLimitedLog::new();
 fn note_rejected(listener: &str, peer: SocketAddr, why: &str) {
     if let Some(suppressed) = REJECT_LOG.admit() {
         tracing::warn!(listener, client = %peer, suppressed, "client rejected: {why}");
+    }
+}
+
+/// Refusals at the edge have a log line of their own: a denied scanner must not hide
+/// the one line about a backend with no server up.
+static REFUSE_LOG: RateLimitedLog = RateLimitedLog::new();
+
+fn note_refused(listener: &str, peer: SocketAddr, refused: &Refused) {
+    if let Some(suppressed) = REFUSE_LOG.admit() {
+        tracing::warn!(listener, client = %peer, reason = refused.reason(), suppressed, "client refused: {refused}");
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::balance::{self, Candidate, Picker};
 use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
+use crate::edge::admission::Admission;
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
 
 /// What the operator set for a server at runtime.
@@ -451,6 +452,8 @@ pub struct Listener {
     /// Indexed like `backend.servers`.
     pub traffic: Vec<TrafficMetrics>,
     pub counters: Arc<ListenerCounters>,
+    /// `allow`/`deny` and `source_limit`: the first check on every client.
+    pub admission: Admission,
 }
 
 /// Counts of a listener that outlive snapshots (kept across reloads by name).
@@ -547,7 +550,14 @@ impl Snapshot {
                     .and_then(|o| o.listener(&lc.name))
                     .map(|l| l.counters.clone())
                     .unwrap_or_default();
+                let admission = Admission::new(
+                    &lc.sources.allow,
+                    &lc.sources.deny,
+                    lc.source_limit.map(|s| (s.limits, s.sources)),
+                    old.and_then(|o| o.listener(&lc.name)).map(|l| &l.admission),
+                );
                 Some(Arc::new(Listener {
+                    admission,
                     name: lc.name.as_str().into(),
                     config: lc.clone(),
                     backend,

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::edge::source_limit::{Limits, Rate};
+pub use crate::edge::source_rules::Cidr;
+
 mod error;
 mod parse;
 mod schema;
@@ -109,6 +112,11 @@ pub struct AdminConfig {
     /// When set, the admin API accepts state changes only with this token (from any
     /// address); when unset, only from loopback.
     pub token_file: Option<PathBuf>,
+    /// Who may connect to the admin listener at all.
+    pub sources: SourceRulesConfig,
+    /// Concurrent admin connections per client address (default 8), so that one
+    /// client cannot take every connection the admin listener serves.
+    pub source_limit: SourceLimitConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -132,7 +140,38 @@ pub struct ListenerConfig {
     pub backend: String,
     /// Connections above this many are refused at once (counted as `limit`).
     pub max_connections: Option<usize>,
+    /// `allow` / `deny`: clients refused are closed at once (counted as `denied`).
+    pub sources: SourceRulesConfig,
+    /// `source_limit`: per-client caps (counted as `source_limit`); `None` when absent.
+    pub source_limit: Option<SourceLimitConfig>,
 }
+
+/// A listener's `allow` and `deny` CIDR lists, as written (deny wins; empty allow = all).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceRulesConfig {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl SourceRulesConfig {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
+
+/// `source_limit`: per-client connection and rate caps, in a table of bounded size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimitConfig {
+    pub limits: Limits,
+    /// How many client addresses (IPv6: /64 networks) the table tracks at most.
+    pub sources: usize,
+}
+
+/// The default size of a per-source table: 65,536 client addresses per listener.
+pub const DEFAULT_SOURCE_TABLE: usize = 65_536;
+
+/// Admin connections one client address may hold at once, unless configured.
+pub const DEFAULT_ADMIN_CONNECTIONS_PER_SOURCE: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]

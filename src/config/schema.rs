@@ -57,6 +57,12 @@ pub(super) struct RawResolver {
 pub(super) struct RawAdmin {
     pub(super) listen: S<String>,
     pub(super) token_file: Option<PathBuf>,
+    // Issue 9: who may connect, and how many connections one client may hold.
+    #[serde(default)]
+    pub(super) allow: Vec<S<String>>,
+    #[serde(default)]
+    pub(super) deny: Vec<S<String>>,
+    pub(super) source_limit: Option<S<RawSourceLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +81,21 @@ pub(super) struct RawListener {
     pub(super) bind: S<toml::Value>,
     pub(super) backend: S<String>,
     pub(super) max_connections: Option<S<i64>>,
+    // Issue 9: who may connect, and how many connections one client may hold.
+    #[serde(default)]
+    pub(super) allow: Vec<S<String>>,
+    #[serde(default)]
+    pub(super) deny: Vec<S<String>>,
+    pub(super) source_limit: Option<S<RawSourceLimit>>,
+}
+
+/// `source_limit = { connections = 50, rate = "100/10s", sources = 65536 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSourceLimit {
+    pub(super) connections: Option<S<i64>>,
+    pub(super) rate: Option<S<String>>,
+    pub(super) sources: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -216,3 +216,114 @@ fn the_shipped_configs_are_valid() {
         }
     }
 }
+
+const EDGE: &str = r#"
+[admin]
+listen = "127.0.0.1:9100"
+allow = ["127.0.0.0/8", "::1/128"]
+
+[[listener]]
+name = "kube-api"
+bind = ["127.0.0.1:6443"]
+backend = "control-plane"
+allow = ["192.168.0.0/22", "192.168.4.0/24", "::1/128"]
+deny = ["192.168.4.66"]
+source_limit = { connections = 50, rate = "100/10s" }
+
+[backend.control-plane]
+servers = ["127.0.4.11:6443"]
+"#;
+
+#[test]
+fn source_rules_and_limits_read_as_written_with_documented_defaults() {
+    let c = parse(EDGE).unwrap();
+    let l = &c.listeners[0];
+    let texts: Vec<String> = l.sources.allow.iter().map(|c| c.to_string()).collect();
+    assert_eq!(texts, ["192.168.0.0/22", "192.168.4.0/24", "::1/128"]);
+    assert_eq!(l.sources.deny[0].to_string(), "192.168.4.66/32");
+    let limit = l.source_limit.expect("source_limit");
+    assert_eq!(limit.limits.max_connections, Some(50));
+    assert_eq!(
+        limit.limits.rate.map(|r| (r.count, r.per)),
+        Some((100, Duration::from_secs(10)))
+    );
+    assert_eq!(limit.sources, DEFAULT_SOURCE_TABLE);
+    let admin = c.admin.expect("admin");
+    assert_eq!(admin.sources.allow.len(), 2);
+    assert_eq!(
+        admin.source_limit.limits.max_connections,
+        Some(DEFAULT_ADMIN_CONNECTIONS_PER_SOURCE),
+        "the admin listener caps connections per source unless told otherwise"
+    );
+    let plain = parse(MINIMAL).unwrap();
+    assert!(plain.listeners[0].sources.is_empty());
+    assert_eq!(plain.listeners[0].source_limit, None);
+}
+
+#[test]
+fn a_cidr_with_host_bits_set_names_its_line_and_suggests_the_network() {
+    let text = EDGE.replace(r#""192.168.4.0/24""#, r#""192.168.4.1/24""#);
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, 10, "{errors:?}");
+    assert!(
+        errors[0].message.contains("listener \"kube-api\": allow:") && errors[0].message.contains("192.168.4.0/24"),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
+fn bad_source_limits_are_refused_where_they_are_written() {
+    for (from, to, expect) in [
+        (r#""100/10s""#, r#""100 per 10s""#, "is not a rate"),
+        ("connections = 50, ", "connections = 0, ", "out of range"),
+        (r#"{ connections = 50, rate = "100/10s" }"#, "{ }", "limits nothing"),
+        ("connections = 50", "conections = 50", "conections"),
+        (
+            r#"deny = ["192.168.4.66"]"#,
+            r#"deny = ["192.168.4.666"]"#,
+            "not an IPv4 or IPv6 address",
+        ),
+    ] {
+        let text = EDGE.replace(from, to);
+        assert_ne!(text, EDGE, "the test's replacement of {from:?} must apply");
+        let errors = parse(&text).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.contains(expect) && (10..=12).contains(&e.line)),
+            "{to:?}: expected {expect:?} on lines 10-12, got {errors:?}"
+        );
+    }
+}
+
+proptest::proptest! {
+    /// Whatever text stands in `allow`, the config parser answers without panicking:
+    /// the block it means, or an error on the entry's own line.
+    #[test]
+    fn any_allow_entry_parses_or_is_refused_on_its_line(entry in "[0-9a-fA-F:./ ]{0,24}|\\PC{0,12}") {
+        let quoted = toml::Value::String(entry.clone()).to_string();
+        let text = EDGE.replace(r#""192.168.4.0/24""#, &quoted);
+        match parse(&text) {
+            Ok(c) => {
+                let want: crate::edge::source_rules::Cidr = entry.trim().parse().expect("accepted by the config, so a CIDR");
+                proptest::prop_assert_eq!(c.listeners[0].sources.allow[1], want);
+            }
+            Err(errors) => {
+                proptest::prop_assert!(errors.iter().all(|e| e.line == 10), "{:?}", errors);
+            }
+        }
+    }
+
+    /// Likewise for `source_limit.rate`.
+    #[test]
+    fn any_rate_parses_or_is_refused_on_its_line(rate in "[0-9]{0,12}/?[0-9]{0,6}(ms|s|m|h|d|x)?|\\PC{0,10}") {
+        let quoted = toml::Value::String(rate.clone()).to_string();
+        let text = EDGE.replace(r#""100/10s""#, &quoted);
+        match parse(&text) {
+            Ok(c) => proptest::prop_assert!(c.listeners[0].source_limit.and_then(|s| s.limits.rate).is_some()),
+            Err(errors) => proptest::prop_assert!(errors.iter().all(|e| e.line == 12), "{:?}", errors),
+        }
+    }
+}

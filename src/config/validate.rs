@@ -114,9 +114,22 @@ impl Validator<'_> {
                 }
             };
             let _ = span;
+            let sources = self.source_rules("admin", &a.allow, &a.deny);
+            let source_limit = match &a.source_limit {
+                Some(raw) => self.source_limit("admin", raw),
+                None => None,
+            };
             AdminConfig {
                 listen,
                 token_file: a.token_file,
+                sources,
+                source_limit: source_limit.unwrap_or(SourceLimitConfig {
+                    limits: Limits {
+                        max_connections: Some(DEFAULT_ADMIN_CONNECTIONS_PER_SOURCE),
+                        rate: None,
+                    },
+                    sources: DEFAULT_SOURCE_TABLE,
+                }),
             }
         });
         let log = match raw.log {
@@ -212,11 +225,19 @@ impl Validator<'_> {
                 .max_connections
                 .as_ref()
                 .map(|m| self.integer("max_connections", &Some(m.clone()), 1..10_000_001, 1) as usize);
+            let what = format!("listener {name:?}");
+            let sources = self.source_rules(&what, &l.allow, &l.deny);
+            let source_limit = match &l.source_limit {
+                Some(raw) => self.source_limit(&what, raw),
+                None => None,
+            };
             listeners.push(ListenerConfig {
                 name,
                 bind,
                 backend,
                 max_connections,
+                sources,
+                source_limit,
             });
         }
         if listeners.is_empty() {
@@ -233,6 +254,60 @@ impl Validator<'_> {
             listeners,
             backends,
         }
+    }
+
+    /// `allow` and `deny`: each entry a CIDR block, an error at the entry that is not.
+    fn source_rules(&mut self, what: &str, allow: &[S<String>], deny: &[S<String>]) -> SourceRulesConfig {
+        let mut blocks = |key: &str, list: &[S<String>]| -> Vec<Cidr> {
+            let mut out = Vec::new();
+            for entry in list {
+                match entry.get_ref().trim().parse::<Cidr>() {
+                    Ok(c) => out.push(c),
+                    Err(e) => self.error(&entry.span(), format!("{what}: {key}: {e}")),
+                }
+            }
+            out
+        };
+        SourceRulesConfig {
+            allow: blocks("allow", allow),
+            deny: blocks("deny", deny),
+        }
+    }
+
+    /// `source_limit = { connections = N, rate = "N/DURATION", sources = N }`.
+    fn source_limit(&mut self, what: &str, raw: &S<RawSourceLimit>) -> Option<SourceLimitConfig> {
+        let table = raw.get_ref();
+        if table.connections.is_none() && table.rate.is_none() {
+            self.error(
+                &raw.span(),
+                format!("{what}: source_limit limits nothing; give connections = N, rate = \"N/DURATION\" or both"),
+            );
+            return None;
+        }
+        let max_connections = table
+            .connections
+            .as_ref()
+            .map(|c| self.integer("source_limit connections", &Some(c.clone()), 1..1_000_001, 1) as u32);
+        let rate = match &table.rate {
+            None => None,
+            Some(r) => match r.get_ref().trim().parse::<Rate>() {
+                Ok(rate) => Some(rate),
+                Err(e) => {
+                    self.error(&r.span(), format!("{what}: source_limit rate: {e}"));
+                    None
+                }
+            },
+        };
+        let sources = self.integer(
+            "source_limit sources",
+            &table.sources,
+            1..(1 << 20) + 1,
+            DEFAULT_SOURCE_TABLE as i64,
+        ) as usize;
+        Some(SourceLimitConfig {
+            limits: Limits { max_connections, rate },
+            sources,
+        })
     }
 
     fn defaults(&mut self, raw: Option<RawDefaults>) -> Defaults {

@@ -5,8 +5,10 @@
 //! rate, in a bounded table), [`proxy_protocol`] (PROXY v1/v2 headers, both ways) and
 //! [`sni`] (a TLS ClientHello's server name, and routing by it); beside them,
 //! [`fd_budget`] (the connection ceiling the open-file limit allows, and raising that
-//! limit at startup). The listener and proxy call them; they call nothing of gatehouse.
+//! limit at startup); [`admission`] puts rules and limits together in the order the
+//! data path asks them. The listener and proxy call them; they call nothing of gatehouse.
 
+pub mod admission;
 pub mod fd_budget;
 pub mod proxy_protocol;
 pub mod sni;
