@@ -39,6 +39,9 @@ pub struct Defaults {
     pub drain_timeout: Duration,
     /// Idle time before TCP keepalive probes start, on both sides; `None` turns them off.
     pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both sides: data unacknowledged this long ends the
+    /// connection; `None` leaves the kernel's retransmissions (~15 min).
+    pub user_timeout: Option<Duration>,
     pub forwarding: Forwarding,
 }
 
@@ -50,6 +53,7 @@ impl Default for Defaults {
             retries: 2,
             drain_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(60)),
+            user_timeout: Some(Duration::from_secs(30)),
             forwarding: Forwarding::default(),
         }
     }
@@ -169,6 +173,8 @@ pub struct BackendConfig {
     pub slow_start: Option<Duration>,
     pub connect_timeout: Duration,
     pub retries: u32,
+    /// TCP_USER_TIMEOUT of the sockets to its servers.
+    pub user_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -424,6 +430,7 @@ struct RawDefaults {
     retries: Option<S<i64>>,
     drain_timeout: Option<S<String>>,
     keepalive: Option<S<String>>,
+    user_timeout: Option<S<String>>,
     forwarding: Option<Forwarding>,
 }
 
@@ -478,6 +485,7 @@ struct RawBackend {
     slow_start: Option<S<String>>,
     connect_timeout: Option<S<String>>,
     retries: Option<S<i64>>,
+    user_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -558,6 +566,20 @@ impl Validator<'_> {
             return default;
         }
         d
+    }
+
+    /// A positive duration, or `"off"` (also `"0"`, `"0s"`) for none.
+    fn duration_or_off(
+        &mut self,
+        what: &str,
+        value: &Option<S<String>>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        match value {
+            Some(v) if matches!(v.get_ref().as_str(), "off" | "0" | "0s") => None,
+            None => default,
+            other => Some(self.positive_duration(what, other, default.unwrap_or(Duration::from_secs(1)))),
+        }
     }
 
     fn integer(&mut self, what: &str, value: &Option<S<i64>>, range: Range<i64>, default: i64) -> i64 {
@@ -723,16 +745,15 @@ impl Validator<'_> {
     fn defaults(&mut self, raw: Option<RawDefaults>) -> Defaults {
         let d = Defaults::default();
         let Some(raw) = raw else { return d };
-        let keepalive = match &raw.keepalive {
-            Some(k) if matches!(k.get_ref().as_str(), "off" | "0" | "0s") => None,
-            other => Some(self.positive_duration("keepalive", other, Duration::from_secs(60))),
-        };
+        let keepalive = self.duration_or_off("keepalive", &raw.keepalive, d.keepalive);
+        let user_timeout = self.duration_or_off("user_timeout", &raw.user_timeout, d.user_timeout);
         Defaults {
             connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, d.connect_timeout),
             idle_timeout: self.positive_duration("idle_timeout", &raw.idle_timeout, d.idle_timeout),
             retries: self.integer("retries", &raw.retries, 0..101, d.retries as i64) as u32,
             drain_timeout: self.duration("drain_timeout", &raw.drain_timeout, d.drain_timeout),
             keepalive,
+            user_timeout,
             forwarding: raw.forwarding.unwrap_or_default(),
         }
     }
@@ -869,6 +890,7 @@ impl Validator<'_> {
             },
             connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, defaults.connect_timeout),
             retries: self.integer("retries", &raw.retries, 0..101, defaults.retries as i64) as u32,
+            user_timeout: self.duration_or_off("user_timeout", &raw.user_timeout, defaults.user_timeout),
             name,
         })
     }
@@ -1162,6 +1184,23 @@ servers = ["127.0.4.11:6443"]
         assert_eq!(b.retries, 2);
         assert_eq!(b.servers[0].name, "127.0.4.11:6443");
         assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn user_timeout_comes_from_defaults_unless_a_backend_sets_its_own() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.backend("control-plane").unwrap().user_timeout,
+            Some(Duration::from_secs(30))
+        );
+        let text = format!("[defaults]\nuser_timeout = \"10s\"\n{MINIMAL}user_timeout = \"off\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.defaults.user_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.backend("control-plane").unwrap().user_timeout, None);
+        let text = format!("[defaults]\nuser_timeout = \"soon\"\n{MINIMAL}");
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.starts_with("user_timeout: "), "{}", errors[0]);
     }
 
     #[test]
