@@ -310,8 +310,8 @@ struct Client {
 }
 
 impl Client {
-    /// Opens a stream in `mode`; with `write`, the client writes as fast as it can.
-    fn open(net: &Net, front: SocketAddr, mode: Mode, write: bool) -> Client {
+    /// Opens a stream in `mode`; towards a `Sink` the client writes as fast as it can.
+    fn open(net: &Net, front: SocketAddr, mode: Mode) -> Client {
         let mut stream = in_ns(&net.client, move || {
             TcpStream::connect_timeout(&front, Duration::from_secs(5)).expect("connect through gatehouse")
         });
@@ -349,7 +349,7 @@ impl Client {
                 let _ = tx.send((Instant::now(), how));
             });
         }
-        if write {
+        if mode == Mode::Sink {
             let (mut w, sent) = (stream.try_clone().unwrap(), sent.clone());
             thread::spawn(move || {
                 let chunk = vec![0xa5_u8; 64 * 1024];
@@ -470,8 +470,8 @@ fn a_vanished_server_with_on_down_close_ends_its_streams_within_the_health_check
         ),
     );
     let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo, false);
-    let busy = Client::open(&net, front, Mode::Sink, true);
+    let idle = Client::open(&net, front, Mode::Echo);
+    let busy = Client::open(&net, front, Mode::Sink);
     busy.flowing(1 << 20);
 
     let vanished = net.vanish(&net.server);
@@ -510,8 +510,8 @@ fn a_vanished_server_with_on_down_keep_ends_its_streams_by_user_timeout_and_keep
         &config(server.addr, &liveness_defaults(), "health = { check = \"none\" }"),
     );
     let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo, false);
-    let busy = Client::open(&net, front, Mode::Sink, true);
+    let idle = Client::open(&net, front, Mode::Echo);
+    let busy = Client::open(&net, front, Mode::Sink);
     busy.flowing(1 << 20);
 
     let vanished = net.vanish(&net.server);
@@ -552,9 +552,9 @@ fn a_vanished_client_releases_its_server_connections_by_user_timeout_and_keepali
         &config(server.addr, &liveness_defaults(), "health = { check = \"none\" }"),
     );
     let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo, false);
+    let idle = Client::open(&net, front, Mode::Echo);
     // The server floods this client, as `kubectl logs -f` of a chatty pod would.
-    let busy = Client::open(&net, front, Mode::Flood, false);
+    let busy = Client::open(&net, front, Mode::Flood);
     busy.flowing(1 << 20);
 
     let vanished = net.vanish(&net.client);
