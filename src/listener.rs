@@ -43,10 +43,13 @@ struct Bound {
 }
 
 /// Options accepted connections inherit from their listening socket (Linux copies
-/// TCP_NODELAY and the keepalive settings), so that no accept pays for setting them.
+/// TCP_NODELAY, the keepalive settings and TCP_USER_TIMEOUT), so that no accept pays
+/// for setting them.
 fn set_inherited_options(socket: &std::net::TcpListener, settings: &Settings) {
     let s = socket2::SockRef::from(socket);
     let _ = s.set_tcp_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let _ = s.set_tcp_user_timeout(settings.user_timeout);
     let _ = match settings.keepalive {
         Some(idle) => s.set_tcp_keepalive(&crate::connect::keepalive(idle)),
         None => s.set_keepalive(false),

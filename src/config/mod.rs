@@ -49,6 +49,9 @@ pub struct Defaults {
     pub drain_timeout: Duration,
     /// Idle time before TCP keepalive probes start, on both sides; `None` turns them off.
     pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both sides: data unacknowledged this long ends the
+    /// connection; `None` leaves the kernel's retransmissions (~15 min).
+    pub user_timeout: Option<Duration>,
     pub forwarding: Forwarding,
 }
 
@@ -60,6 +63,7 @@ impl Default for Defaults {
             retries: 2,
             drain_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(60)),
+            user_timeout: Some(Duration::from_secs(30)),
             forwarding: Forwarding::default(),
         }
     }
@@ -179,6 +183,8 @@ pub struct BackendConfig {
     pub slow_start: Option<Duration>,
     pub connect_timeout: Duration,
     pub retries: u32,
+    /// TCP_USER_TIMEOUT of the sockets to its servers.
+    pub user_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

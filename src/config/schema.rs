@@ -37,6 +37,7 @@ pub(super) struct RawDefaults {
     pub(super) retries: Option<S<i64>>,
     pub(super) drain_timeout: Option<S<String>>,
     pub(super) keepalive: Option<S<String>>,
+    pub(super) user_timeout: Option<S<String>>,
     pub(super) forwarding: Option<Forwarding>,
 }
 
@@ -91,6 +92,7 @@ pub(super) struct RawBackend {
     pub(super) slow_start: Option<S<String>>,
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) retries: Option<S<i64>>,
+    pub(super) user_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
