@@ -99,6 +99,21 @@ pub struct AdminConfig {
     /// When set, the admin API accepts state changes only with this token (from any
     /// address); when unset, only from loopback.
     pub token_file: Option<PathBuf>,
+    pub ready_when: ReadyWhen,
+}
+
+/// When `/readyz` answers 200 (a keepalived `track_script` gives the address away on 503).
+/// Every variant also wants the config loaded, the listeners bound and no shutdown begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyWhen {
+    /// Every backend that a listener uses has a server that takes new connections.
+    #[default]
+    AllBackends,
+    /// At least one backend that a listener uses has such a server.
+    AnyBackend,
+    /// Listening is enough, whatever the servers' states.
+    Listening,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -122,6 +137,8 @@ pub struct ListenerConfig {
     pub backend: String,
     /// Connections above this many are refused at once (counted as `limit`).
     pub max_connections: Option<usize>,
+    /// Bind even an address this host does not have (yet): a keepalived address.
+    pub freebind: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -444,6 +461,7 @@ struct RawResolver {
 struct RawAdmin {
     listen: S<String>,
     token_file: Option<PathBuf>,
+    ready_when: Option<ReadyWhen>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +480,7 @@ struct RawListener {
     bind: S<toml::Value>,
     backend: S<String>,
     max_connections: Option<S<i64>>,
+    freebind: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -602,6 +621,7 @@ impl Validator<'_> {
             AdminConfig {
                 listen,
                 token_file: a.token_file,
+                ready_when: a.ready_when.unwrap_or_default(),
             }
         });
         let log = match raw.log {
@@ -702,6 +722,7 @@ impl Validator<'_> {
                 bind,
                 backend,
                 max_connections,
+                freebind: l.freebind.unwrap_or(false),
             });
         }
         if listeners.is_empty() {
