@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -232,49 +232,76 @@ fn open_through_vip(connect_timeout: Duration) -> Result<(TcpStream, String), St
     Ok((s, gateway))
 }
 
-/// Connects to the VIP every 50 ms from the client namespace, recording each attempt.
+/// Starts a connection to the VIP every 50 ms from the client namespace, each on a
+/// thread of its own (so a slow one does not thin out the others), and records each.
 /// The connect timeout is 3 s (kubectl waits longer): a SYN retransmitted while the
 /// VIP moves counts as slow, not failed.
 struct ClientLoop {
     attempts: Arc<Mutex<Vec<Attempt>>>,
+    /// When each attempt, finished or not, started.
+    starts: Arc<Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl ClientLoop {
     fn start(ns: &str) -> ClientLoop {
         let attempts = Arc::new(Mutex::new(Vec::new()));
+        let starts = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, st, ns) = (attempts.clone(), stop.clone(), ns.to_string());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (a, sts, st, fl, ns) = (
+            attempts.clone(),
+            starts.clone(),
+            stop.clone(),
+            in_flight.clone(),
+            ns.to_string(),
+        );
         let thread = thread::spawn(move || {
             enter(&ns).expect("enter client namespace");
+            let mut next = Instant::now();
             while !st.load(Ordering::Acquire) {
+                // Threads spawned here start in the client namespace too.
+                let (a, fl) = (a.clone(), fl.clone());
+                fl.fetch_add(1, Ordering::AcqRel);
                 let start = Instant::now();
-                let outcome = open_through_vip(Duration::from_secs(3)).map(|(_, gw)| gw);
-                a.lock().unwrap().push(Attempt {
-                    start,
-                    end: Instant::now(),
-                    outcome,
+                sts.lock().unwrap().push(start);
+                thread::spawn(move || {
+                    let outcome = open_through_vip(Duration::from_secs(3)).map(|(_, gw)| gw);
+                    a.lock().unwrap().push(Attempt {
+                        start,
+                        end: Instant::now(),
+                        outcome,
+                    });
+                    fl.fetch_sub(1, Ordering::AcqRel);
                 });
-                // Pacing of the loop (one attempt per 50 ms), not a synchronisation.
-                thread::sleep(Duration::from_millis(50).saturating_sub(start.elapsed()));
+                // The loop's pace (one attempt per 50 ms), not a synchronisation.
+                next += Duration::from_millis(50);
+                thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         });
         ClientLoop {
             attempts,
+            starts,
             stop,
+            in_flight,
             thread: Some(thread),
         }
     }
 
+    /// Finished attempts started at or after `t`, in order of start.
     fn since(&self, t: Instant) -> Vec<Attempt> {
-        self.attempts
+        let mut v: Vec<Attempt> = self
+            .attempts
             .lock()
             .unwrap()
             .iter()
             .filter(|a| a.start >= t)
             .cloned()
-            .collect()
+            .collect();
+        v.sort_by_key(|a| a.start);
+        v
     }
 
     /// Waits (bounded) for an attempt started after `t` that `gateway` served.
@@ -291,34 +318,99 @@ impl Drop for ClientLoop {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Each attempt ends within its 3 s connect and 2 s read timeouts.
+        wait_until(Duration::from_secs(6), || self.in_flight.load(Ordering::Acquire) == 0);
     }
 }
 
-/// What the client saw from `t` until the first connection `gateway` served.
+/// What the client saw from `t` until the first connection through `gateway` completed.
 struct Move {
     /// From `t` to the end of that first connection.
     took: Duration,
-    failed: usize,
+    /// Attempts started in that time, and how many of them failed.
     attempts: usize,
+    failed: usize,
     slowest: Duration,
     errors: Vec<String>,
 }
 
+impl std::fmt::Display for Move {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ms until a new connection succeeded through the new gateway; {} of {} connection attempts \
+             started meanwhile failed; slowest attempt {} ms",
+            self.took.as_millis(),
+            self.failed,
+            self.attempts,
+            self.slowest.as_millis()
+        )?;
+        if let Some(e) = self.errors.first() {
+            write!(f, "; failures like: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the client saw from `t` until a connection through `gateway` first succeeded
+/// (waiting, bounded, for the attempts of that time that are still connecting).
 fn move_after(client: &ClientLoop, t: Instant, gateway: &str) -> Move {
-    let attempts = client.since(t);
-    let first = attempts
+    let first_end = client
+        .since(t)
         .iter()
-        .position(|a| a.outcome.as_deref() == Ok(gateway))
+        .filter(|a| a.outcome.as_deref() == Ok(gateway))
+        .map(|a| a.end)
+        .min()
         .expect("a connection through the new gateway");
-    let window = &attempts[..=first];
+    // Attempts started before it may still be connecting (a retransmitted SYN): wait
+    // for them, bounded by their timeouts.
+    let in_window = |at: &Instant| *at >= t && *at <= first_end;
+    let started = client.starts.lock().unwrap().iter().filter(|s| in_window(s)).count();
+    wait_until(Duration::from_secs(6), || {
+        client.since(t).iter().filter(|a| in_window(&a.start)).count() >= started
+    });
+    let window: Vec<Attempt> = client.since(t).into_iter().filter(|a| a.start <= first_end).collect();
     let errors: Vec<String> = window.iter().filter_map(|a| a.outcome.clone().err()).collect();
     Move {
-        took: attempts[first].end - t,
-        failed: errors.len(),
+        took: first_end - t,
         attempts: window.len(),
+        failed: errors.len(),
         slowest: window.iter().map(|a| a.end - a.start).max().unwrap_or_default(),
         errors,
     }
+}
+
+/// Opens `n` long-lived connections (a kubectl watch) through the VIP from the client
+/// namespace; each must reach `gateway`.
+fn long_lived(ns: &str, n: usize, gateway: &'static str) -> Vec<TcpStream> {
+    in_ns(ns, move || {
+        (0..n)
+            .map(|_| {
+                let (s, gw) = open_through_vip(Duration::from_secs(3)).expect("long-lived connection");
+                assert_eq!(gw, gateway, "long-lived connections go through the VIP's holder");
+                s
+            })
+            .collect()
+    })
+}
+
+/// What each long-lived connection sees when it next sends: an echo, EOF, or an error.
+fn what_long_lived_see(conns: Vec<TcpStream>) -> Vec<String> {
+    conns
+        .into_iter()
+        .map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            if let Err(e) = s.write_all(b"still there?\n") {
+                return format!("write error: {}", e.kind());
+            }
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(0) => "closed (EOF)".to_string(),
+                Ok(_) => "still open".to_string(),
+                Err(e) => format!("error: {}", e.kind()),
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- gatehouse and keepalived
@@ -529,24 +621,17 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
         k2.log()
     );
 
-    let client = ClientLoop::start(&net.ns("cl"));
+    let cl = net.ns("cl");
+    let client = ClientLoop::start(&cl);
     let t0 = Instant::now();
     assert!(
         client.wait_served_by(t0, LB1, Duration::from_secs(10)),
         "no connection through the VIP reached lb1"
     );
-    // Long-lived connections (a kubectl watch) through the active gateway.
-    let long_lived: Vec<TcpStream> = in_ns(&net.ns("cl"), || {
-        (0..4)
-            .map(|_| {
-                let (s, gw) = open_through_vip(Duration::from_secs(3)).expect("long-lived connection");
-                assert_eq!(gw, LB1);
-                s
-            })
-            .collect()
-    });
 
-    // 1. The active gatehouse dies: lb1's track_script fails, the VIP moves to lb2.
+    // 1. The active gatehouse dies: lb1's track_script fails, lb1 goes to FAULT and
+    //    gives the VIP away with a priority-0 advert, lb2 takes it.
+    let watches = long_lived(&cl, 4, LB1);
     let killed = Instant::now();
     g1.signal(libc::SIGKILL);
     assert!(
@@ -556,26 +641,9 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
     );
     let kill = move_after(&client, killed, LB2);
     assert!(net.has_vip("lb2") && !net.has_vip("lb1"), "the VIP is on lb2 alone");
-    let mut seen = Vec::new();
-    for mut s in long_lived {
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-        let _ = s.write_all(b"still there?\n");
-        let mut buf = [0u8; 64];
-        seen.push(match s.read(&mut buf) {
-            Ok(0) => "closed (EOF)".to_string(),
-            Ok(_) => "still open".to_string(),
-            Err(e) => format!("error: {}", e.kind()),
-        });
-    }
-    eprintln!(
-        "FAILOVER (gatehouse killed): VIP moved and a new connection succeeded through lb2 in {} ms; \
-         {} of {} connection attempts failed meanwhile ({:?}); long-lived connections through lb1: {:?}",
-        kill.took.as_millis(),
-        kill.failed,
-        kill.attempts,
-        kill.errors.first(),
-        seen
-    );
+    let seen = what_long_lived_see(watches);
+    eprintln!("FAILOVER, gatehouse killed on the active gateway: {kill}");
+    eprintln!("  long-lived connections through it: {seen:?}");
     assert!(
         kill.took < Duration::from_secs(3),
         "failover took {} ms (target < 3 s)",
@@ -583,12 +651,16 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
     );
     assert!(
         seen.iter().all(|s| s != "still open"),
-        "a connection through a dead gateway cannot go on: {seen:?}"
+        "a connection through a dead gatehouse cannot go on: {seen:?}"
     );
 
-    // 2. lb1's gatehouse comes back: with nopreempt the VIP stays on lb2.
-    let faults = k1.entered("FAULT");
-    assert!(faults >= 1, "lb1 went to FAULT when its gatehouse died:\n{}", k1.log());
+    // 2. lb1's gatehouse comes back: lb1 returns to BACKUP and, with nopreempt, the VIP
+    //    stays on lb2.
+    assert!(
+        k1.entered("FAULT") >= 1,
+        "lb1 went to FAULT when its gatehouse died:\n{}",
+        k1.log()
+    );
     let backups = k1.entered("BACKUP");
     g1 = start_gatehouse(&lb1);
     let back = Instant::now();
@@ -597,23 +669,33 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
         "lb1 did not return to BACKUP:\n{}",
         k1.log()
     );
-    // Three advert intervals and more: a preempting lb1 would have taken the VIP by now.
+    let rejoined = back.elapsed();
+    // Four advert intervals: a preempting lb1 would have taken the VIP by then.
     let watch = Instant::now();
     let mut moved = false;
     while watch.elapsed() < Duration::from_secs(4) {
         moved |= net.has_vip("lb1") || !net.has_vip("lb2");
         thread::sleep(Duration::from_millis(100));
     }
-    let stayed_failed = client.since(back).iter().filter(|a| a.outcome.is_err()).count();
+    let after_return: Vec<Attempt> = client
+        .since(back)
+        .into_iter()
+        .filter(|a| a.end <= Instant::now())
+        .collect();
+    let failed = after_return.iter().filter(|a| a.outcome.is_err()).count();
     eprintln!(
-        "NOPREEMPT: lb1 back in BACKUP after {} ms; the VIP stayed on lb2 for 4 s: {}; failed connections: {stayed_failed}",
-        (watch - back).as_millis(),
-        !moved
+        "NOPREEMPT: lb1 back in BACKUP {} ms after its gatehouse restarted; VIP still on lb2 4 s later: {}; \
+         {failed} of {} connection attempts failed meanwhile",
+        rejoined.as_millis(),
+        !moved,
+        after_return.len()
     );
     assert!(!moved, "with nopreempt the VIP stays on lb2");
-    assert_eq!(stayed_failed, 0, "nothing changes for clients when lb1 returns");
+    assert_eq!(failed, 0, "nothing changes for clients when lb1 returns");
 
     // 3. Every server drained on the active gateway: /readyz says why, the VIP moves.
+    //    Until it has moved, lb2 closes new clients at once (no server takes them).
+    let watches = long_lived(&cl, 4, LB2);
     let drained = Instant::now();
     ctl(&lb2, &g2, "drain", "control-plane/be1");
     ctl(&lb2, &g2, "drain", "control-plane/be2");
@@ -629,22 +711,22 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
         k2.log()
     );
     let drain = move_after(&client, drained, LB1);
-    eprintln!(
-        "DRAIN (ctl drain of every server on the active gateway): VIP moved in {} ms; \
-         {} of {} connection attempts failed meanwhile ({:?}), all closed by lb2 for want of a server",
-        drain.took.as_millis(),
-        drain.failed,
-        drain.attempts,
-        drain.errors.first()
-    );
+    let seen = what_long_lived_see(watches);
+    eprintln!("DRAIN of every server on the active gateway (gatehouse ctl drain): {drain}");
+    eprintln!("  long-lived connections through it: {seen:?}");
     assert!(
         drain.took < Duration::from_secs(3),
         "drain handover took {} ms",
         drain.took.as_millis()
     );
+    assert!(
+        drain.errors.iter().all(|e| e.starts_with("closed before the greeting")),
+        "the only failures are clients lb2 closed for want of a server: {:?}",
+        drain.errors
+    );
 
-    // 4. A handover without a failed connection: lb2's servers back, then keepalived on
-    //    the active gateway stopped while its gatehouse keeps serving.
+    // 4. A handover that loses no new connection: lb2's servers back (lb2 to BACKUP),
+    //    then keepalived stopped on the active gateway while its gatehouse runs on.
     ctl(&lb2, &g2, "enable", "control-plane/be1");
     ctl(&lb2, &g2, "enable", "control-plane/be2");
     let backups = k2.entered("BACKUP");
@@ -653,6 +735,7 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
         "lb2 did not return to BACKUP:\n{}",
         k2.log()
     );
+    let watches = long_lived(&cl, 4, LB1);
     let handed = Instant::now();
     k1.stop();
     assert!(
@@ -661,23 +744,48 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
         k2.log()
     );
     let handover = move_after(&client, handed, LB2);
-    eprintln!(
-        "HANDOVER (keepalived stopped on the active gateway, gatehouse still running): VIP moved in {} ms; \
-         {} of {} connection attempts failed; slowest connect {} ms",
-        handover.took.as_millis(),
-        handover.failed,
-        handover.attempts,
-        handover.slowest.as_millis()
-    );
+    let seen = what_long_lived_see(watches);
+    eprintln!("HANDOVER, keepalived stopped on the active gateway (gatehouse still running): {handover}");
+    eprintln!("  long-lived connections through it: {seen:?}");
     assert_eq!(
         handover.failed, 0,
-        "a handover loses no connection: {:?}",
+        "a handover loses no new connection: {:?}",
         handover.errors
     );
+
+    // 5. The active gateway vanishes (power, cable): no priority-0 advert, so the
+    //    backup waits out three missed adverts.
+    let k1 = Keepalived::start(&lb1, "gallade", dir.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || k1.entered("BACKUP") >= 1),
+        "lb1's new keepalived never became BACKUP:\n{}",
+        k1.log()
+    );
+    let watches = long_lived(&cl, 4, LB2);
+    let lost = Instant::now();
+    ip(&["-n", &net.ns("sw"), "link", "set", "v-lb2", "down"]).expect("cut lb2 off");
+    assert!(
+        client.wait_served_by(lost, LB1, Duration::from_secs(15)),
+        "the VIP did not move to lb1 when lb2 vanished:\n{}",
+        k1.log()
+    );
+    let vanish = move_after(&client, lost, LB1);
+    let seen = what_long_lived_see(watches);
+    eprintln!("FAILOVER, active gateway cut off the network: {vanish}");
+    eprintln!("  long-lived connections through it: {seen:?}");
+    assert!(
+        vanish.took < Duration::from_secs(6),
+        "3 missed adverts + skew is about 3.6 s; took {} ms",
+        vanish.took.as_millis()
+    );
+    assert!(
+        seen.iter().all(|s| s != "still open"),
+        "the new gateway knows nothing of the old one's connections: {seen:?}"
+    );
+
+    // Stop what runs in the namespaces before they go.
     drop(client);
-    drop(g1);
-    drop(g2);
-    drop(k2);
+    drop((g1, g2, k1, k2));
     drop(net);
 }
 
