@@ -824,3 +824,72 @@ health = {{ check = "none" }}
         "listening on the absent address"
     );
 }
+
+/// One listener over a backend whose only server refuses (tcp check: down at once).
+fn down_backend_config(ready_when: &str) -> String {
+    let refused = common::refused_addr();
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+{ready_when}
+
+[[listener]]
+name = "front"
+bind = ["127.0.0.1:0"]
+backend = "pool"
+
+[backend.pool]
+servers = [{{ name = "a", address = "{refused}" }}]
+health = {{ check = "tcp", interval = "200ms", timeout = "200ms", rise = 1, fall = 1 }}
+"#
+    )
+}
+
+#[test]
+fn readyz_answers_503_naming_a_used_backend_with_no_server_up() {
+    let g = Gatehouse::start(&down_backend_config(""));
+    let (code, body) = common::http(g.admin(), "GET", "/readyz", &[]);
+    assert_eq!((code, body.as_str()), (503, "no server up in backend pool\n"));
+    let (_, metrics) = common::http(g.admin(), "GET", "/metrics", &[]);
+    for line in [
+        "gatehouse_ready 0",
+        "gatehouse_readyz_unready_total{reason=\"no_server\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} in /metrics:\n{metrics}");
+    }
+    assert!(
+        g.wait_log(
+            "not ready: /readyz answers 503: no server up in backend pool",
+            Duration::from_secs(5)
+        ),
+        "the change is logged:\n{}",
+        g.log()
+    );
+}
+
+#[test]
+fn ready_when_listening_answers_200_whatever_the_servers() {
+    let g = Gatehouse::start(&down_backend_config("ready_when = \"listening\""));
+    let (code, body) = common::http(g.admin(), "GET", "/readyz", &[]);
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+}
+
+#[test]
+fn a_mistyped_ready_when_is_refused_with_its_place_and_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let config = down_backend_config("ready_when = \"all-backend\"");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check accepted {config}");
+    assert!(
+        text.contains("gatehouse.toml:3:") && text.contains("did you mean `all-backends`?"),
+        "want the line and a suggestion: {text}"
+    );
+}
