@@ -458,7 +458,7 @@ fn keepalived_config() -> String {
         ("eno1", "eth0".to_string()),
         ("192.168.1.99", LB1.to_string()),
         ("192.168.1.98", LB2.to_string()),
-        ("192.168.1.100/24", format!("{VIP}/24")),
+        ("192.168.1.100/22", format!("{VIP}/24")),
     ] {
         assert!(
             text.contains(from),
