@@ -226,3 +226,21 @@ pub fn config_reload(success: bool) {
         gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(crate::clock::unix_now());
     }
 }
+
+/// Readiness as `/readyz` answers it: what a keepalived pair acts on.
+pub const READY: &str = "gatehouse_ready";
+pub const UNREADY_ANSWERS: &str = "gatehouse_readyz_unready_total";
+
+/// Records a readiness verdict (at each `/readyz` and each scrape): `None` when ready,
+/// else the reason (`draining`, `no_server`); `answered` counts a 503 given for it.
+pub fn readiness(unready: Option<&'static str>, answered: bool) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_gauge!(READY, "1 when /readyz would answer 200, else 0.");
+        metrics::describe_counter!(UNREADY_ANSWERS, "Answers of 503 from /readyz, by reason.");
+    });
+    gauge!(READY).set(if unready.is_none() { 1.0 } else { 0.0 });
+    if let (Some(reason), true) = (unready, answered) {
+        counter!(UNREADY_ANSWERS, "reason" => reason).increment(1);
+    }
+}

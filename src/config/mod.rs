@@ -113,6 +113,21 @@ pub struct AdminConfig {
     /// When set, the admin API accepts state changes only with this token (from any
     /// address); when unset, only from loopback.
     pub token_file: Option<PathBuf>,
+    pub ready_when: ReadyWhen,
+}
+
+/// When `/readyz` answers 200 (a keepalived `track_script` gives the address away on 503).
+/// Every variant also wants the config loaded, the listeners bound and no shutdown begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyWhen {
+    /// Every backend that a listener uses has a server that takes new connections.
+    #[default]
+    AllBackends,
+    /// At least one backend that a listener uses has such a server.
+    AnyBackend,
+    /// Listening is enough, whatever the servers' states.
+    Listening,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -136,6 +151,8 @@ pub struct ListenerConfig {
     pub backend: String,
     /// Connections above this many are refused at once (counted as `limit`).
     pub max_connections: Option<usize>,
+    /// Bind even an address this host does not have (yet): a keepalived address.
+    pub freebind: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

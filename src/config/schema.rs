@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Forwarding, LogFormat, OnDown};
+use super::{Balance, Forwarding, LogFormat, OnDown, ReadyWhen};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -58,6 +58,7 @@ pub(super) struct RawResolver {
 pub(super) struct RawAdmin {
     pub(super) listen: S<String>,
     pub(super) token_file: Option<PathBuf>,
+    pub(super) ready_when: Option<ReadyWhen>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +77,7 @@ pub(super) struct RawListener {
     pub(super) bind: S<toml::Value>,
     pub(super) backend: S<String>,
     pub(super) max_connections: Option<S<i64>>,
+    pub(super) freebind: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -131,6 +131,7 @@ impl Validator<'_> {
             AdminConfig {
                 listen,
                 token_file: a.token_file,
+                ready_when: a.ready_when.unwrap_or_default(),
             }
         });
         let log = match raw.log {
@@ -231,6 +232,7 @@ impl Validator<'_> {
                 bind,
                 backend,
                 max_connections,
+                freebind: l.freebind.unwrap_or(false),
             });
         }
         if listeners.is_empty() {
