@@ -27,7 +27,8 @@ use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
 pub enum AdminState {
     /// Normal service.
     Enabled = 0,
-    /// No new connections; established ones continue. Still health-checked.
+    /// No new connections while another server of its backend can take them (then
+    /// only as a last resort); established ones continue. Still health-checked.
     Drain = 1,
     /// Maintenance: no new connections, not health-checked.
     Disabled = 2,
