@@ -15,6 +15,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
 
+use crate::config::ReadyWhen;
 use crate::control::Control;
 use crate::runtime::{AdminState, Server, Snapshot};
 
@@ -102,16 +103,20 @@ async fn route(app: &Arc<dyn Control>, req: &Request, peer: SocketAddr) -> Respo
             content_type: "text/html; charset=utf-8",
             body: STATUS_PAGE.as_bytes().to_vec(),
         },
-        ("GET", ["metrics"]) => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: app.render_metrics().into_bytes(),
-        },
+        ("GET", ["metrics"]) => {
+            let _ = readiness(app.as_ref(), false);
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: app.render_metrics().into_bytes(),
+            }
+        }
         ("GET", ["healthz"]) => Response::text(200, "ok\n"),
-        // Ready from the start (the admin listener opens once every listener is bound)
-        // until shutdown closes the listeners.
-        ("GET", ["readyz"]) if app.draining() => Response::text(503, "draining\n"),
-        ("GET", ["readyz"]) => Response::text(200, "ready\n"),
+        // The admin listener opens once every listener is bound and the config loaded.
+        ("GET", ["readyz"]) => match readiness(app.as_ref(), true) {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        },
         ("GET", ["api", "v1", "status"]) => Response::json(200, &status(app.as_ref())),
         ("POST", ["api", "v1", "servers", backend, server, action]) => {
             if let Err(r) = authorize(app.as_ref(), req, peer) {
@@ -157,6 +162,83 @@ async fn route(app: &Arc<dyn Control>, req: &Request, peer: SocketAddr) -> Respo
         }
         _ => Response::error(404, format!("nothing at {}", req.path)),
     }
+}
+
+/// Why `/readyz` answers 503: a keepalived `track_script` then moves the shared address.
+#[derive(Debug, PartialEq)]
+enum Unready {
+    /// Shutdown has begun: the listeners are closed.
+    Draining,
+    /// These backends (used by a listener) have no server taking new connections.
+    NoServer(Vec<String>),
+}
+
+impl Unready {
+    fn reason(&self) -> &'static str {
+        match self {
+            Unready::Draining => "draining",
+            Unready::NoServer(_) => "no_server",
+        }
+    }
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unready::Draining => f.write_str("draining"),
+            Unready::NoServer(b) => write!(f, "no server up in backend {}", b.join(", ")),
+        }
+    }
+}
+
+/// The readiness verdict over `backends`, the (name, servers taking new connections) of
+/// every backend a listener uses. Drained and disabled servers take none.
+fn verdict(want: ReadyWhen, draining: bool, backends: &[(&str, usize)]) -> Result<(), Unready> {
+    if draining {
+        return Err(Unready::Draining);
+    }
+    let empty: Vec<String> = backends
+        .iter()
+        .filter(|(_, up)| *up == 0)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let unready = match want {
+        ReadyWhen::AllBackends => !empty.is_empty(),
+        ReadyWhen::AnyBackend => !backends.is_empty() && empty.len() == backends.len(),
+        ReadyWhen::Listening => false,
+    };
+    if unready {
+        Err(Unready::NoServer(empty))
+    } else {
+        Ok(())
+    }
+}
+
+/// This gatehouse's readiness now, recorded as a metric; each change is logged once.
+/// `answered`: a 503 is being given for it (counted by reason).
+fn readiness(app: &dyn Control, answered: bool) -> Result<(), Unready> {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let snapshot = app.snapshot();
+    let want = snapshot.config.admin.as_ref().map(|a| a.ready_when).unwrap_or_default();
+    let mut backends: Vec<(&str, usize)> = Vec::new();
+    for l in &snapshot.listeners {
+        if !backends.iter().any(|(n, _)| *n == &*l.backend.name) {
+            backends.push((&l.backend.name, l.backend.servers_up()));
+        }
+    }
+    let result = verdict(want, app.draining(), &backends);
+    crate::metrics::readiness(result.as_ref().err().map(Unready::reason), answered);
+    let now = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    if let Ok(mut last) = LAST.lock() {
+        if *last != now {
+            match &result {
+                Ok(()) => tracing::info!("ready: /readyz answers 200"),
+                Err(why) => tracing::warn!(reason = why.reason(), "not ready: /readyz answers 503: {why}"),
+            }
+            *last = now;
+        }
+    }
+    result
 }
 
 /// State changes: with a token configured, only with it; without, only from loopback.
@@ -270,4 +352,36 @@ fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
             "active": e.active.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_used_backend_needs_a_server_up_by_default() {
+        let one_empty = [("control-plane", 2), ("ingress", 0)];
+        assert_eq!(
+            verdict(ReadyWhen::AllBackends, false, &one_empty),
+            Err(Unready::NoServer(vec!["ingress".into()]))
+        );
+        assert_eq!(verdict(ReadyWhen::AllBackends, false, &[("control-plane", 1)]), Ok(()));
+    }
+
+    #[test]
+    fn any_backend_wants_one_server_up_somewhere() {
+        assert_eq!(verdict(ReadyWhen::AnyBackend, false, &[("a", 0), ("b", 1)]), Ok(()));
+        assert_eq!(
+            verdict(ReadyWhen::AnyBackend, false, &[("a", 0), ("b", 0)]),
+            Err(Unready::NoServer(vec!["a".into(), "b".into()]))
+        );
+    }
+
+    #[test]
+    fn listening_is_ready_without_servers_but_never_while_draining() {
+        assert_eq!(verdict(ReadyWhen::Listening, false, &[("a", 0)]), Ok(()));
+        for want in [ReadyWhen::AllBackends, ReadyWhen::AnyBackend, ReadyWhen::Listening] {
+            assert_eq!(verdict(want, true, &[("a", 3)]), Err(Unready::Draining), "{want:?}");
+        }
+    }
 }

@@ -68,6 +68,7 @@ pub struct App {
 fn settings(config: &Config) -> Settings {
     Settings {
         keepalive: config.defaults.keepalive,
+        user_timeout: config.defaults.user_timeout,
         idle_timeout: config.defaults.idle_timeout,
         forwarding: config.defaults.forwarding,
     }

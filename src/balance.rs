@@ -4,7 +4,8 @@
 //! counter, a random source, the client's hash), so every policy can be tested on its
 //! distribution and benchmarked on its own. What makes a server eligible (health,
 //! drain, slow start) is summed up by the caller in [`Candidate::weight`]: zero means
-//! "not now".
+//! "not now". A server that should take new connections only when no other can (a
+//! drained one) has a [`Candidate::last_resort_weight`] instead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,6 +18,12 @@ pub trait Candidate {
     fn weight(&self) -> u32;
     /// Backup servers are chosen only when no primary server is eligible.
     fn backup(&self) -> bool;
+    /// The weight it takes new connections with when no server of the list (primary or
+    /// backup) has a [`Candidate::weight`]: a drained server that is up. 0 (the default):
+    /// not even then.
+    fn last_resort_weight(&self) -> u32 {
+        0
+    }
     /// Connections established to it now.
     fn active(&self) -> u32;
     /// A stable identity for consistent hashing (a hash of the server's name).
@@ -29,6 +36,9 @@ impl<T: Candidate> Candidate for std::sync::Arc<T> {
     }
     fn backup(&self) -> bool {
         (**self).backup()
+    }
+    fn last_resort_weight(&self) -> u32 {
+        (**self).last_resort_weight()
     }
     fn active(&self) -> u32 {
         (**self).active()
@@ -76,17 +86,30 @@ impl Picker {
 
     /// The index of the chosen server, or `None` when no server is eligible.
     pub fn pick<C: Candidate>(&self, policy: Balance, servers: &[C], req: Request<'_>) -> Option<usize> {
-        // Primaries first; backups only when no primary can take the client.
-        for backup in [false, true] {
-            let eligible = |i: usize, s: &C| s.backup() == backup && s.weight() > 0 && !req.tried.contains(&i);
-            let chosen = match policy {
-                Balance::RoundRobin => self.round_robin(servers, eligible),
-                Balance::LeastConn => self.least_conn(servers, eligible),
-                Balance::RandomTwo => random_two(servers, eligible, req.random),
-                Balance::SourceHash => source_hash(servers, eligible, req.client),
-            };
-            if chosen.is_some() {
-                return chosen;
+        // Primaries first; backups only when no primary can take the client; last-resort
+        // servers (drained ones), primaries then backups, only when neither can.
+        // least-conn's ties rotate once per pick, however many rounds it takes.
+        let turn = self.counter.fetch_add(1, Ordering::Relaxed);
+        for last_resort in [false, true] {
+            for backup in [false, true] {
+                let weight = |i: usize, s: &C| -> u32 {
+                    if s.backup() != backup || req.tried.contains(&i) {
+                        0
+                    } else if last_resort {
+                        s.last_resort_weight()
+                    } else {
+                        s.weight()
+                    }
+                };
+                let chosen = match policy {
+                    Balance::RoundRobin => self.round_robin(servers, weight),
+                    Balance::LeastConn => Self::least_conn(servers, weight, turn),
+                    Balance::RandomTwo => random_two(servers, weight, req.random),
+                    Balance::SourceHash => source_hash(servers, weight, req.client),
+                };
+                if chosen.is_some() {
+                    return chosen;
+                }
             }
         }
         None
@@ -96,7 +119,8 @@ impl Picker {
     /// weight, the richest is picked and pays the total. Weights are met exactly over
     /// each cycle and a heavy server's turns are spread out, not back to back; servers
     /// leaving or joining just stop or start gaining.
-    fn round_robin<C: Candidate>(&self, servers: &[C], eligible: impl Fn(usize, &C) -> bool) -> Option<usize> {
+    /// `weight` gives each server's weight in this round, 0 for not eligible.
+    fn round_robin<C: Candidate>(&self, servers: &[C], weight: impl Fn(usize, &C) -> u32) -> Option<usize> {
         // A short critical section over one small vector per backend, never a map.
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.len() != servers.len() {
@@ -106,10 +130,10 @@ impl Picker {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, s) in servers.iter().enumerate() {
-            if !eligible(i, s) {
+            let w = i64::from(weight(i, s));
+            if w == 0 {
                 continue;
             }
-            let w = i64::from(s.weight());
             current[i] += w;
             total += w;
             if best.is_none_or(|b| current[i] > current[b]) {
@@ -123,20 +147,22 @@ impl Picker {
     }
 
     /// Fewest active connections relative to weight; ties are taken in turn.
-    fn least_conn<C: Candidate>(&self, servers: &[C], eligible: impl Fn(usize, &C) -> bool) -> Option<usize> {
+    /// `turn` counts picks: the scan starts there, so that ties are taken in turn.
+    fn least_conn<C: Candidate>(servers: &[C], weight: impl Fn(usize, &C) -> u32, turn: usize) -> Option<usize> {
         let n = servers.len();
         if n == 0 {
             return None;
         }
-        let start = self.counter.fetch_add(1, Ordering::Relaxed) % n;
+        let start = turn % n;
         let mut best: Option<(usize, u64, u64)> = None; // (index, active, weight)
         for k in 0..n {
             let i = (start + k) % n;
             let s = &servers[i];
-            if !eligible(i, s) {
+            let w = u64::from(weight(i, s));
+            if w == 0 {
                 continue;
             }
-            let (a, w) = (u64::from(s.active()), u64::from(s.weight()));
+            let a = u64::from(s.active());
             // a/w < best_a/best_w without division.
             if best.is_none_or(|(_, ba, bw)| a * bw < ba * w) {
                 best = Some((i, a, w));
@@ -147,13 +173,8 @@ impl Picker {
 }
 
 /// The power of two random choices: two servers drawn by weight, the less loaded wins.
-fn random_two<C: Candidate>(servers: &[C], eligible: impl Fn(usize, &C) -> bool, random: u64) -> Option<usize> {
-    let total: u64 = servers
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| eligible(*i, s))
-        .map(|(_, s)| u64::from(s.weight()))
-        .sum();
+fn random_two<C: Candidate>(servers: &[C], weight: impl Fn(usize, &C) -> u32, random: u64) -> Option<usize> {
+    let total: u64 = servers.iter().enumerate().map(|(i, s)| u64::from(weight(i, s))).sum();
     if total == 0 {
         return None;
     }
@@ -163,32 +184,32 @@ fn random_two<C: Candidate>(servers: &[C], eligible: impl Fn(usize, &C) -> bool,
         servers
             .iter()
             .enumerate()
-            .filter(|(i, s)| eligible(*i, s))
-            .find(|(_, s)| {
-                acc += u64::from(s.weight());
+            .find(|(i, s)| {
+                acc += u64::from(weight(*i, s));
                 slot < acc
             })
             .map(|(i, _)| i)
     };
     let a = draw(random)?;
     let b = draw(mix(random ^ 0x9e37_79b9_7f4a_7c15))?;
-    let load = |i: usize| (u64::from(servers[i].active()), u64::from(servers[i].weight()));
+    let load = |i: usize| (u64::from(servers[i].active()), u64::from(weight(i, &servers[i])));
     let ((aa, aw), (ba, bw)) = (load(a), load(b));
     Some(if ba * aw < aa * bw { b } else { a })
 }
 
 /// Weighted rendezvous hashing: each server scores the client, the highest wins. A
 /// server that leaves takes only its own clients with it; the others keep theirs.
-fn source_hash<C: Candidate>(servers: &[C], eligible: impl Fn(usize, &C) -> bool, client: u64) -> Option<usize> {
+fn source_hash<C: Candidate>(servers: &[C], weight: impl Fn(usize, &C) -> u32, client: u64) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, s) in servers.iter().enumerate() {
-        if !eligible(i, s) {
+        let w = weight(i, s);
+        if w == 0 {
             continue;
         }
         let h = mix(client ^ s.key());
         // A uniform value in (0, 1], then the weighted score w / -ln(u).
         let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let score = f64::from(s.weight()) / -u.ln();
+        let score = f64::from(w) / -u.ln();
         if best.is_none_or(|(_, b)| score > b) {
             best = Some((i, score));
         }
@@ -232,6 +253,7 @@ mod tests {
     #[derive(Clone)]
     struct S {
         weight: u32,
+        last_resort: u32,
         backup: bool,
         active: u32,
         key: u64,
@@ -243,6 +265,9 @@ mod tests {
         }
         fn backup(&self) -> bool {
             self.backup
+        }
+        fn last_resort_weight(&self) -> u32 {
+            self.last_resort
         }
         fn active(&self) -> u32 {
             self.active
@@ -258,6 +283,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| S {
                 weight: w,
+                last_resort: 0,
                 backup: false,
                 active: 0,
                 key: hash_bytes(format!("server-{i}").as_bytes()),
@@ -472,6 +498,55 @@ mod tests {
             down[0].weight = 0;
             down[1].weight = 0;
             assert_eq!(counts(policy, &down, 30), vec![0, 0, 30], "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn drained_servers_serve_only_when_no_primary_or_backup_can() {
+        // 0, 1: primaries; 2: a backup. A drained server has weight 0 and a last-resort weight.
+        let mut s = servers(&[1, 1, 1]);
+        s[2].backup = true;
+        s[0].weight = 0;
+        s[0].last_resort = 1;
+        for policy in [
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::RandomTwo,
+            Balance::SourceHash,
+        ] {
+            let c = counts(policy, &s, 60);
+            assert_eq!(
+                c,
+                vec![0, 60, 0],
+                "{policy:?} used a drained server or the backup while a primary was up"
+            );
+            let mut backup_only = s.clone();
+            backup_only[1].weight = 0;
+            let c = counts(policy, &backup_only, 60);
+            assert_eq!(
+                c,
+                vec![0, 0, 60],
+                "{policy:?} used a drained server while the backup was up"
+            );
+            let mut all_drained = backup_only.clone();
+            all_drained[2].weight = 0;
+            all_drained[1].last_resort = 3;
+            let c = counts(policy, &all_drained, 400);
+            assert_eq!(c[2], 0, "{policy:?} used a down backup: {c:?}");
+            assert!(
+                c[0] > 0 && c[1] > 0,
+                "{policy:?}: all drained, both drained primaries take clients: {c:?}"
+            );
+            if policy == Balance::RoundRobin {
+                assert_eq!(c, vec![100, 300, 0], "round-robin follows the last-resort weights");
+            }
+            // A drained backup comes after drained primaries.
+            let mut drained_backup = all_drained.clone();
+            drained_backup[2].last_resort = 1;
+            assert_eq!(counts(policy, &drained_backup, 40)[2], 0, "{policy:?}");
+            drained_backup[0].last_resort = 0;
+            drained_backup[1].last_resort = 0;
+            assert_eq!(counts(policy, &drained_backup, 40), vec![0, 0, 40], "{policy:?}");
         }
     }
 

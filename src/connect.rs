@@ -3,7 +3,7 @@
 //!
 //! Every failed connect is evidence for passive health (consecutive failures mark the
 //! endpoint down) and is counted by reason. Socket options for the server side (no
-//! delay, keepalive) are set here.
+//! delay, keepalive, user timeout) are set here.
 
 use std::io;
 use std::net::SocketAddr;
@@ -105,6 +105,7 @@ pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>
         let started = Instant::now();
         match connect_one(endpoint.addr, config.connect_timeout, keepalive).await {
             Ok(stream) => {
+                set_user_timeout(&stream, config.user_timeout);
                 let connect_time = started.elapsed();
                 endpoint.connect_failures.store(0, Ordering::Relaxed);
                 server.metrics.connect_duration.record(connect_time.as_secs_f64());
@@ -170,12 +171,25 @@ pub fn set_keepalive(stream: &TcpStream, idle: Option<Duration>) {
     }
 }
 
-/// Probes after `idle` without traffic, then every 10 s; 6 unanswered probes end it.
+/// Probes after `idle` without traffic, then every 10 s (or every `idle`, if shorter);
+/// 6 unanswered probes end it. With a user timeout set, Linux ends it instead at the
+/// first probe after the peer has been silent for the user timeout.
 pub fn keepalive(idle: Duration) -> TcpKeepalive {
     let ka = TcpKeepalive::new().with_time(idle);
     #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-    let ka = ka.with_interval(Duration::from_secs(10)).with_retries(6);
+    let ka = ka.with_interval(idle.min(Duration::from_secs(10))).with_retries(6);
     ka
+}
+
+/// TCP_USER_TIMEOUT: data unacknowledged this long ends the connection (ETIMEDOUT),
+/// instead of ~15 minutes of retransmissions. Linux only; elsewhere keepalive alone.
+pub fn set_user_timeout(stream: &TcpStream, timeout: Option<Duration>) {
+    #[cfg(target_os = "linux")]
+    if timeout.is_some() {
+        let _ = SockRef::from(stream).set_tcp_user_timeout(timeout);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, timeout);
 }
 
 /// The hash of a client for `source-hash`.

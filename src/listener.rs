@@ -43,10 +43,13 @@ struct Bound {
 }
 
 /// Options accepted connections inherit from their listening socket (Linux copies
-/// TCP_NODELAY and the keepalive settings), so that no accept pays for setting them.
+/// TCP_NODELAY, the keepalive settings and TCP_USER_TIMEOUT), so that no accept pays
+/// for setting them.
 fn set_inherited_options(socket: &std::net::TcpListener, settings: &Settings) {
     let s = socket2::SockRef::from(socket);
     let _ = s.set_tcp_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let _ = s.set_tcp_user_timeout(settings.user_timeout);
     let _ = match settings.keepalive {
         Some(idle) => s.set_tcp_keepalive(&crate::connect::keepalive(idle)),
         None => s.set_keepalive(false),
@@ -108,7 +111,7 @@ impl Listeners {
                 }
                 let sockets = match self.inherited.remove(addr) {
                     Some(s) => Ok(vec![s]),
-                    None => bind(*addr, accept_sockets()),
+                    None => bind(*addr, accept_sockets(), l.config.freebind),
                 };
                 match sockets {
                     Ok(s) => {
@@ -216,18 +219,20 @@ fn accept_sockets() -> usize {
 }
 
 /// Binds `count` sockets to `addr`; with a port of 0, all share the first one's port.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// With `freebind`, `addr` need not be on this host yet (IP_FREEBIND): a standby of an
+/// HA pair listens on the shared address before keepalived moves it here.
+pub fn bind(addr: SocketAddr, count: usize, freebind: bool) -> io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let s = bind_one(addr, count > 1)?;
+        let s = bind_one(addr, count > 1, freebind)?;
         addr = s.local_addr()?;
         sockets.push(s);
     }
     Ok(sockets)
 }
 
-fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+fn bind_one(addr: SocketAddr, reuse_port: bool, freebind: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
@@ -239,6 +244,15 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     if addr.is_ipv6() {
         // "[::]" means IPv6 only; "0.0.0.0" is bound separately when wanted.
         socket.set_only_v6(true)?;
+    }
+    if freebind {
+        #[cfg(target_os = "linux")]
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+        }
+        #[cfg(not(target_os = "linux"))]
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "freebind needs Linux"));
     }
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;

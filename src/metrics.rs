@@ -24,6 +24,7 @@ pub const CONFIG_RELOADS: &str = "gatehouse_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "gatehouse_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "gatehouse_build_info";
 pub const CONNECTION_DURATION: &str = "gatehouse_connection_duration_seconds";
+pub const CONNECTIONS_CLOSED: &str = "gatehouse_connections_closed_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -93,6 +94,10 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
     describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "Lifetime of forwarded connections.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Forwarded connections ended, by reason (the close log's `end`)."
+    );
 }
 
 /// Handles of one listener.
@@ -127,18 +132,34 @@ pub struct TrafficMetrics {
     pub active: Gauge,
     pub client_to_server: Counter,
     pub server_to_client: Counter,
+    /// Indexed like [`CLOSE_REASONS`].
+    pub closed: [Counter; 9],
 }
+
+/// Why forwarded connections end: the close log's `end`, with `_` for spaces, in the
+/// order of `forward::End::ALL`.
+pub const CLOSE_REASONS: [&str; 9] = [
+    "client_closed",
+    "server_closed",
+    "client_reset",
+    "server_reset",
+    "idle_timeout",
+    "shutdown",
+    "server_down",
+    "server_timed_out",
+    "client_timed_out",
+];
 
 impl TrafficMetrics {
     pub fn new(listener: &str, backend: &str, server: &str) -> Self {
-        let labels = |dir: Option<&'static str>| {
+        let labels = |extra: Option<(&'static str, &'static str)>| {
             let mut v = vec![
                 ("listener", listener.to_string()),
                 ("backend", backend.to_string()),
                 ("server", server.to_string()),
             ];
-            if let Some(d) = dir {
-                v.push(("direction", d.to_string()));
+            if let Some((k, value)) = extra {
+                v.push((k, value.to_string()));
             }
             v.into_iter()
                 .map(|(k, v)| metrics::Label::new(k, v))
@@ -146,8 +167,9 @@ impl TrafficMetrics {
         };
         TrafficMetrics {
             active: gauge!(CONNECTIONS_ACTIVE, labels(None)),
-            client_to_server: counter!(BYTES, labels(Some("client_to_server"))),
-            server_to_client: counter!(BYTES, labels(Some("server_to_client"))),
+            client_to_server: counter!(BYTES, labels(Some(("direction", "client_to_server")))),
+            server_to_client: counter!(BYTES, labels(Some(("direction", "server_to_client")))),
+            closed: CLOSE_REASONS.map(|r| counter!(CONNECTIONS_CLOSED, labels(Some(("reason", r))))),
         }
     }
 }
@@ -214,4 +236,22 @@ pub fn config_reload(success: bool) {
 /// `reason` one of `denied`, `source_limit`, `limit` (every slot busy serving).
 pub fn admin_rejected(reason: &'static str) {
     counter!(CONNECTIONS_REJECTED, "listener" => "admin", "reason" => reason).increment(1);
+}
+
+/// Readiness as `/readyz` answers it: what a keepalived pair acts on.
+pub const READY: &str = "gatehouse_ready";
+pub const UNREADY_ANSWERS: &str = "gatehouse_readyz_unready_total";
+
+/// Records a readiness verdict (at each `/readyz` and each scrape): `None` when ready,
+/// else the reason (`draining`, `no_server`); `answered` counts a 503 given for it.
+pub fn readiness(unready: Option<&'static str>, answered: bool) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_gauge!(READY, "1 when /readyz would answer 200, else 0.");
+        metrics::describe_counter!(UNREADY_ANSWERS, "Answers of 503 from /readyz, by reason.");
+    });
+    gauge!(READY).set(if unready.is_none() { 1.0 } else { 0.0 });
+    if let (Some(reason), true) = (unready, answered) {
+        counter!(UNREADY_ANSWERS, "reason" => reason).increment(1);
+    }
 }

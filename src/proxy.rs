@@ -98,6 +98,8 @@ impl Drop for Held<'_> {
 #[derive(Clone, Copy)]
 pub struct Settings {
     pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT of client-side sockets (inherited from the listener).
+    pub user_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub forwarding: crate::config::Forwarding,
 }
@@ -137,7 +139,7 @@ pub async fn serve(
             return;
         }
     }
-    // TCP_NODELAY and keepalive come with the socket from its listener (listener.rs).
+    // TCP_NODELAY, keepalive and user timeout come with the socket from its listener (listener.rs).
 
     // Pick and connect, trying other servers after a failure.
     let backend = &listener.backend;
@@ -188,6 +190,7 @@ pub async fn serve(
     )
     .await;
     traffic.active.decrement(1.0);
+    traffic.closed[outcome.end.index()].increment(1);
 
     let duration = accepted_at.elapsed();
     listener.metrics.duration.record(duration.as_secs_f64());

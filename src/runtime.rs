@@ -28,7 +28,8 @@ use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
 pub enum AdminState {
     /// Normal service.
     Enabled = 0,
-    /// No new connections; established ones continue. Still health-checked.
+    /// No new connections while another server of its backend can take them (then
+    /// only as a last resort); established ones continue. Still health-checked.
     Drain = 1,
     /// Maintenance: no new connections, not health-checked.
     Disabled = 2,
@@ -367,6 +368,12 @@ impl Server {
         self.admin_state() == AdminState::Enabled && self.available.load(Ordering::Acquire)
     }
 
+    /// Drained but up: it takes new connections only when no other server of its
+    /// backend can (drain is a preference, not a refusal of last resort).
+    pub fn last_resort(&self) -> bool {
+        self.admin_state() == AdminState::Drain && self.available.load(Ordering::Acquire)
+    }
+
     /// The endpoint a new connection goes to: the least busy of those up, in turn on ties.
     pub fn pick_endpoint(&self) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
@@ -411,16 +418,29 @@ pub struct ServerEntry {
     slow_start: Option<Duration>,
 }
 
+impl ServerEntry {
+    /// Its configured weight, scaled by slow start.
+    fn ramped_weight(&self) -> u32 {
+        let w = f64::from(self.weight) * 16.0 * self.server.ramp(self.slow_start);
+        (w as u32).max(1)
+    }
+}
+
 impl Candidate for ServerEntry {
     fn weight(&self) -> u32 {
         if !self.server.accepts_new() {
             return 0;
         }
-        let w = f64::from(self.weight) * 16.0 * self.server.ramp(self.slow_start);
-        (w as u32).max(1)
+        self.ramped_weight()
     }
     fn backup(&self) -> bool {
         self.backup
+    }
+    fn last_resort_weight(&self) -> u32 {
+        if !self.server.last_resort() {
+            return 0;
+        }
+        self.ramped_weight()
     }
     fn active(&self) -> u32 {
         self.server.active.load(Ordering::Relaxed)

@@ -302,7 +302,7 @@ fn metrics_carry_the_contract_names_and_labels() {
     let t = gatehouse_with_traffic();
     let body = metrics_text(t.g.admin());
     let m = parse_exposition(&body);
-    let contract: [(&str, &[&str]); 14] = [
+    let contract: [(&str, &[&str]); 15] = [
         ("gatehouse_connections_accepted_total", &["listener"]),
         ("gatehouse_connections_active", &["listener", "backend", "server"]),
         ("gatehouse_connections_rejected_total", &["listener", "reason"]),
@@ -326,6 +326,10 @@ fn metrics_carry_the_contract_names_and_labels() {
         ("gatehouse_config_last_reload_success_timestamp_seconds", &[]),
         ("gatehouse_build_info", &["version"]),
         ("gatehouse_connection_duration_seconds_bucket", &["listener", "le"]),
+        (
+            "gatehouse_connections_closed_total",
+            &["listener", "backend", "server", "reason"],
+        ),
     ];
     for (name, labels) in contract {
         let found = find(&m, name, &[]);

@@ -1,9 +1,11 @@
 //! A server's state before and after its first health check, through the real binary:
 //! nothing is logged as UP or DOWN until a check has decided, and the decision is
-//! logged once, with the check's own words.
+//! logged once, with the check's own words. And what a drained server still does: it
+//! takes new clients only when no other server of its backend can.
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -83,5 +85,113 @@ fn without_a_check_a_server_is_up_once_its_address_is_known() {
         g.wait_log("server pool/a UP: address resolved", Duration::from_secs(5)),
         "no UP line for a server without a check:\n{}",
         g.log()
+    );
+}
+
+/// `gatehouse ctl --admin ADMIN ARGS` (no config file, so no token from this machine).
+fn ctl(g: &Gatehouse, args: &[&str]) {
+    let admin = g.admin().to_string();
+    let nowhere = g.dir.path().join("no-such-config.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--config", nowhere.to_str().unwrap(), "ctl", "--admin", &admin])
+        .args(args)
+        .env_remove("GATEHOUSE_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run gatehouse ctl");
+    assert!(
+        o.status.success(),
+        "ctl {args:?}: exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The server a new connection lands on (`Backend::named`), or why it was not served.
+fn landed_on(front: std::net::SocketAddr) -> Result<String, String> {
+    let mut s = connect(front);
+    read_line(&mut s)
+        .map_err(|e| e.to_string())
+        .and_then(|name| match name.is_empty() {
+            true => Err("closed before the server's greeting".to_string()),
+            false => Ok(name),
+        })
+}
+
+#[test]
+fn with_every_server_drained_new_clients_are_still_served_and_readyz_is_unready() {
+    let a = Backend::named("127.0.0.1:0".parse().unwrap(), "a");
+    let b = Backend::named("127.0.0.1:0".parse().unwrap(), "b");
+    let backup = Backend::named("127.0.0.1:0".parse().unwrap(), "backup");
+    let g = Gatehouse::start(&config(
+        &[
+            server("a", a.addr),
+            server("b", b.addr),
+            format!(r#"{{ name = "backup", address = "{}", backup = true }}"#, backup.addr),
+        ],
+        TCP_CHECK,
+        "",
+    ));
+    let front = g.addr("front");
+    for name in ["a", "b", "backup"] {
+        assert!(
+            wait_until(Duration::from_secs(10), || server_state(g.admin(), "pool", name)
+                == "up"),
+            "{name} not up:\n{}",
+            g.log()
+        );
+    }
+    assert_eq!(http(g.admin(), "GET", "/readyz", &[]).0, 200);
+
+    // One primary drained: the other takes every new client; the backup none.
+    ctl(&g, &["drain", "pool/a"]);
+    let landed: Vec<_> = (0..6).map(|_| landed_on(front)).collect();
+    assert!(
+        landed.iter().all(|l| l.as_deref() == Ok("b")),
+        "with b up, new clients landed on {landed:?}"
+    );
+
+    // Both primaries drained: the backup is up, so it takes them.
+    ctl(&g, &["drain", "pool/b"]);
+    let landed: Vec<_> = (0..6).map(|_| landed_on(front)).collect();
+    assert!(
+        landed.iter().all(|l| l.as_deref() == Ok("backup")),
+        "with the backup up, new clients landed on {landed:?}"
+    );
+    assert_eq!(http(g.admin(), "GET", "/readyz", &[]).0, 200, "the backup is up");
+
+    // Every server drained: clients are still served, by the drained primaries, and
+    // /readyz answers 503 (what moves a keepalived address away).
+    ctl(&g, &["drain", "pool/backup"]);
+    let landed: Vec<_> = (0..8).map(|_| landed_on(front)).collect();
+    let served = landed
+        .iter()
+        .filter(|l| matches!(l.as_deref(), Ok("a") | Ok("b")))
+        .count();
+    assert_eq!(
+        served,
+        landed.len(),
+        "with every server drained, {served} of {} new clients were served by a drained primary: {landed:?}",
+        landed.len()
+    );
+    let (code, body) = http(g.admin(), "GET", "/readyz", &[]);
+    assert_eq!(code, 503, "/readyz with every server drained: {body}");
+    assert!(body.contains("pool"), "/readyz names the backend: {body}");
+    for name in ["a", "b", "backup"] {
+        assert_eq!(server_state(g.admin(), "pool", name), "drain");
+    }
+
+    // A drained server that goes down takes no one, not even as a last resort.
+    a.kill();
+    assert!(
+        g.wait_log("server pool/a DOWN", Duration::from_secs(10)),
+        "a not seen down:\n{}",
+        g.log()
+    );
+    let landed: Vec<_> = (0..6).map(|_| landed_on(front)).collect();
+    assert!(
+        landed.iter().all(|l| l.as_deref() == Ok("b")),
+        "with a down and every server drained, new clients landed on {landed:?}"
     );
 }

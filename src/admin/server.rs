@@ -42,7 +42,7 @@ const MAX_HEADERS: usize = 64;
 
 /// Binds the admin listener and serves it until dropped.
 pub fn start(addr: SocketAddr, app: Weak<dyn Control>) -> std::io::Result<AdminHandle> {
-    let socket = crate::listener::bind(addr, 1)?
+    let socket = crate::listener::bind(addr, 1, false)?
         .pop()
         .ok_or_else(|| std::io::Error::other("no socket"))?;
     let local = socket.local_addr()?;

@@ -74,7 +74,8 @@ pub enum Command {
 pub enum CtlAction {
     /// Print every server and its state as a table.
     Status,
-    /// Stop sending new connections to BACKEND/SERVER; established ones continue.
+    /// Stop sending new connections to BACKEND/SERVER while another server of its backend
+    /// can take them; established ones continue.
     Drain { server: String },
     /// Maintenance: no new connections and no health checks for BACKEND/SERVER.
     Disable { server: String },

@@ -52,6 +52,9 @@ pub struct Defaults {
     pub drain_timeout: Duration,
     /// Idle time before TCP keepalive probes start, on both sides; `None` turns them off.
     pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both sides: data unacknowledged this long ends the
+    /// connection; `None` leaves the kernel's retransmissions (~15 min).
+    pub user_timeout: Option<Duration>,
     pub forwarding: Forwarding,
 }
 
@@ -63,6 +66,7 @@ impl Default for Defaults {
             retries: 2,
             drain_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(60)),
+            user_timeout: Some(Duration::from_secs(30)),
             forwarding: Forwarding::default(),
         }
     }
@@ -117,6 +121,21 @@ pub struct AdminConfig {
     /// Concurrent admin connections per client address (default 8), so that one
     /// client cannot take every connection the admin listener serves.
     pub source_limit: SourceLimitConfig,
+    pub ready_when: ReadyWhen,
+}
+
+/// When `/readyz` answers 200 (a keepalived `track_script` gives the address away on 503).
+/// Every variant also wants the config loaded, the listeners bound and no shutdown begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyWhen {
+    /// Every backend that a listener uses has a server that takes new connections.
+    #[default]
+    AllBackends,
+    /// At least one backend that a listener uses has such a server.
+    AnyBackend,
+    /// Listening is enough, whatever the servers' states.
+    Listening,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -144,6 +163,8 @@ pub struct ListenerConfig {
     pub sources: SourceRulesConfig,
     /// `source_limit`: per-client caps (counted as `source_limit`); `None` when absent.
     pub source_limit: Option<SourceLimitConfig>,
+    /// Bind even an address this host does not have (yet): a keepalived address.
+    pub freebind: bool,
 }
 
 /// A listener's `allow` and `deny` CIDR lists, as written (deny wins; empty allow = all).
@@ -218,6 +239,8 @@ pub struct BackendConfig {
     pub slow_start: Option<Duration>,
     pub connect_timeout: Duration,
     pub retries: u32,
+    /// TCP_USER_TIMEOUT of the sockets to its servers.
+    pub user_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

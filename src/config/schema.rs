@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Forwarding, LogFormat, OnDown};
+use super::{Balance, Forwarding, LogFormat, OnDown, ReadyWhen};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -37,6 +37,7 @@ pub(super) struct RawDefaults {
     pub(super) retries: Option<S<i64>>,
     pub(super) drain_timeout: Option<S<String>>,
     pub(super) keepalive: Option<S<String>>,
+    pub(super) user_timeout: Option<S<String>>,
     pub(super) forwarding: Option<Forwarding>,
 }
 
@@ -63,6 +64,7 @@ pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) deny: Vec<S<String>>,
     pub(super) source_limit: Option<S<RawSourceLimit>>,
+    pub(super) ready_when: Option<ReadyWhen>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +83,7 @@ pub(super) struct RawListener {
     pub(super) bind: S<toml::Value>,
     pub(super) backend: S<String>,
     pub(super) max_connections: Option<S<i64>>,
+    pub(super) freebind: Option<bool>,
     // Issue 9: who may connect, and how many connections one client may hold.
     #[serde(default)]
     pub(super) allow: Vec<S<String>>,
@@ -112,6 +115,7 @@ pub(super) struct RawBackend {
     pub(super) slow_start: Option<S<String>>,
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) retries: Option<S<i64>>,
+    pub(super) user_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

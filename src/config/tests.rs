@@ -43,6 +43,23 @@ fn a_minimal_config_gets_the_documented_defaults() {
 }
 
 #[test]
+fn user_timeout_comes_from_defaults_unless_a_backend_sets_its_own() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.backend("control-plane").unwrap().user_timeout,
+        Some(Duration::from_secs(30))
+    );
+    let text = format!("[defaults]\nuser_timeout = \"10s\"\n{MINIMAL}user_timeout = \"off\"\n");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.defaults.user_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(c.backend("control-plane").unwrap().user_timeout, None);
+    let text = format!("[defaults]\nuser_timeout = \"soon\"\n{MINIMAL}");
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.starts_with("user_timeout: "), "{}", errors[0]);
+}
+
+#[test]
 fn the_issue_example_is_accepted() {
     let text = r#"
 [defaults]

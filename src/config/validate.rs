@@ -75,6 +75,20 @@ impl Validator<'_> {
         d
     }
 
+    /// A positive duration, or `"off"` (also `"0"`, `"0s"`) for none.
+    fn duration_or_off(
+        &mut self,
+        what: &str,
+        value: &Option<S<String>>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        match value {
+            Some(v) if matches!(v.get_ref().as_str(), "off" | "0" | "0s") => None,
+            None => default,
+            other => Some(self.positive_duration(what, other, default.unwrap_or(Duration::from_secs(1)))),
+        }
+    }
+
     fn integer(&mut self, what: &str, value: &Option<S<i64>>, range: Range<i64>, default: i64) -> i64 {
         match value {
             None => default,
@@ -130,6 +144,7 @@ impl Validator<'_> {
                     },
                     sources: DEFAULT_SOURCE_TABLE,
                 }),
+                ready_when: a.ready_when.unwrap_or_default(),
             }
         });
         let log = match raw.log {
@@ -238,6 +253,7 @@ impl Validator<'_> {
                 max_connections,
                 sources,
                 source_limit,
+                freebind: l.freebind.unwrap_or(false),
             });
         }
         if listeners.is_empty() {
@@ -313,16 +329,15 @@ impl Validator<'_> {
     fn defaults(&mut self, raw: Option<RawDefaults>) -> Defaults {
         let d = Defaults::default();
         let Some(raw) = raw else { return d };
-        let keepalive = match &raw.keepalive {
-            Some(k) if matches!(k.get_ref().as_str(), "off" | "0" | "0s") => None,
-            other => Some(self.positive_duration("keepalive", other, Duration::from_secs(60))),
-        };
+        let keepalive = self.duration_or_off("keepalive", &raw.keepalive, d.keepalive);
+        let user_timeout = self.duration_or_off("user_timeout", &raw.user_timeout, d.user_timeout);
         Defaults {
             connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, d.connect_timeout),
             idle_timeout: self.positive_duration("idle_timeout", &raw.idle_timeout, d.idle_timeout),
             retries: self.integer("retries", &raw.retries, 0..101, d.retries as i64) as u32,
             drain_timeout: self.duration("drain_timeout", &raw.drain_timeout, d.drain_timeout),
             keepalive,
+            user_timeout,
             forwarding: raw.forwarding.unwrap_or_default(),
         }
     }
@@ -459,6 +474,7 @@ impl Validator<'_> {
             },
             connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, defaults.connect_timeout),
             retries: self.integer("retries", &raw.retries, 0..101, defaults.retries as i64) as u32,
+            user_timeout: self.duration_or_off("user_timeout", &raw.user_timeout, defaults.user_timeout),
             name,
         })
     }

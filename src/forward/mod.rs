@@ -45,6 +45,12 @@ pub enum End {
     Shutdown,
     /// Gatehouse closed it: its server went down with `on_down = "close"`.
     ServerDown,
+    /// The server stopped answering: data unacknowledged for `user_timeout`, or
+    /// keepalive probes unanswered (ETIMEDOUT; EHOSTUNREACH when its address stopped
+    /// answering ARP). The client gets a reset.
+    ServerTimedOut,
+    /// The client stopped answering, the same way; the server gets a reset.
+    ClientTimedOut,
 }
 
 impl End {
@@ -57,6 +63,40 @@ impl End {
             End::IdleTimeout => "idle timeout",
             End::Shutdown => "shutdown",
             End::ServerDown => "server down",
+            End::ServerTimedOut => "server timed out",
+            End::ClientTimedOut => "client timed out",
+        }
+    }
+
+    /// Every end, in the order of [`crate::metrics::CLOSE_REASONS`].
+    pub const ALL: [End; 9] = [
+        End::ClientClosed,
+        End::ServerClosed,
+        End::ClientReset,
+        End::ServerReset,
+        End::IdleTimeout,
+        End::Shutdown,
+        End::ServerDown,
+        End::ServerTimedOut,
+        End::ClientTimedOut,
+    ];
+
+    /// Index into [`crate::metrics::CLOSE_REASONS`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A socket error of a side: a peer that stopped answering has timed out, anything
+    /// else is a reset.
+    fn failed(reset: End, error: &io::Error) -> End {
+        let timed_out = matches!(
+            error.raw_os_error(),
+            Some(libc::ETIMEDOUT) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)
+        );
+        match (reset, timed_out) {
+            (End::ClientReset, true) => End::ClientTimedOut,
+            (End::ServerReset, true) => End::ServerTimedOut,
+            (end, _) => end,
         }
     }
 
@@ -193,8 +233,8 @@ async fn both_ways_with<C: Conduit>(
                 Poll::Ready(Ok(())) => {
                     first_closed.get_or_insert(closed);
                 }
-                Poll::Ready(Err(Failed::Read)) => return Poll::Ready(src_reset),
-                Poll::Ready(Err(Failed::Write)) => return Poll::Ready(dst_reset),
+                Poll::Ready(Err(Failed::Read(e))) => return Poll::Ready(End::failed(src_reset, &e)),
+                Poll::Ready(Err(Failed::Write(e))) => return Poll::Ready(End::failed(dst_reset, &e)),
                 Poll::Pending => {}
             }
         }
@@ -207,10 +247,10 @@ async fn both_ways_with<C: Conduit>(
     .await
 }
 
-/// Which side of a one-way pump failed.
+/// Which side of a one-way pump failed, and how.
 enum Failed {
-    Read,
-    Write,
+    Read(io::Error),
+    Write(io::Error),
 }
 
 /// Where bytes wait between the read from one socket and the write to the other: a
@@ -277,7 +317,7 @@ impl<C: Conduit> Pump<C> {
                 while c.pending() > 0 {
                     match dst.poll_write_ready(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(_)) => return Poll::Ready(Err(Failed::Write)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                         Poll::Ready(Ok(())) => {}
                     }
                     match dst.try_io(Interest::WRITABLE, || c.flush(dst)) {
@@ -290,9 +330,9 @@ impl<C: Conduit> Pump<C> {
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         // The conduit still holds bytes: it is dropped, not pooled.
-                        Err(_) => {
+                        Err(e) => {
                             self.conduit = None;
-                            return Poll::Ready(Err(Failed::Write));
+                            return Poll::Ready(Err(Failed::Write(e)));
                         }
                     }
                 }
@@ -306,7 +346,7 @@ impl<C: Conduit> Pump<C> {
                 return Poll::Ready(match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                    Err(_) => Err(Failed::Write),
+                    Err(e) => Err(Failed::Write(e)),
                 });
             }
             // Then take more from the source; wait for it without holding a conduit.
@@ -317,14 +357,14 @@ impl<C: Conduit> Pump<C> {
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(Failed::Read)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
                 Poll::Ready(Ok(())) => {}
             }
             let c = match self.conduit.as_mut() {
                 Some(c) => c,
                 None => match C::take() {
                     Ok(c) => self.conduit.insert(c),
-                    Err(_) => return Poll::Ready(Err(Failed::Read)),
+                    Err(e) => return Poll::Ready(Err(Failed::Read(e))),
                 },
             };
             let filled = src.try_io(Interest::READABLE, || {
@@ -342,7 +382,7 @@ impl<C: Conduit> Pump<C> {
                 // Readiness is cleared: the next poll registers the waker (after sending
                 // what a short read brought).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Err(Failed::Read)),
+                Err(e) => return Poll::Ready(Err(Failed::Read(e))),
             }
         }
         // Budget spent with bytes still flowing: yield, and come back at once.
@@ -356,3 +396,30 @@ mod auto;
 mod copy;
 #[cfg(target_os = "linux")]
 mod splice;
+
+#[cfg(test)]
+mod tests {
+    use super::End;
+    use crate::metrics::CLOSE_REASONS;
+
+    #[test]
+    fn every_end_has_its_close_reason_label() {
+        for (i, end) in End::ALL.iter().enumerate() {
+            assert_eq!(end.index(), i);
+            assert_eq!(CLOSE_REASONS[i], end.as_str().replace(' ', "_"));
+        }
+    }
+
+    #[test]
+    fn a_peer_that_stopped_answering_timed_out_rather_than_reset() {
+        let e = |code| std::io::Error::from_raw_os_error(code);
+        assert_eq!(End::failed(End::ServerReset, &e(libc::ETIMEDOUT)), End::ServerTimedOut);
+        assert_eq!(
+            End::failed(End::ServerReset, &e(libc::EHOSTUNREACH)),
+            End::ServerTimedOut
+        );
+        assert_eq!(End::failed(End::ClientReset, &e(libc::ETIMEDOUT)), End::ClientTimedOut);
+        assert_eq!(End::failed(End::ClientReset, &e(libc::ECONNRESET)), End::ClientReset);
+        assert_eq!(End::failed(End::ServerReset, &e(libc::EPIPE)), End::ServerReset);
+    }
+}
