@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Forwarding, LogFormat, OnDown};
+use super::{Balance, Forwarding, LogFormat, OnDown, ProxyVersion};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -75,6 +75,18 @@ pub(super) struct RawListener {
     pub(super) bind: S<toml::Value>,
     pub(super) backend: S<String>,
     pub(super) max_connections: Option<S<i64>>,
+    pub(super) accept_proxy: Option<S<bool>>,
+    pub(super) trusted: Option<S<Vec<S<String>>>>,
+    pub(super) proxy_timeout: Option<S<String>>,
+    pub(super) routes: Option<S<Vec<S<RawRoute>>>>,
+    pub(super) inspect_timeout: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) sni: S<Vec<S<String>>>,
+    pub(super) backend: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +103,7 @@ pub(super) struct RawBackend {
     pub(super) slow_start: Option<S<String>>,
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) retries: Option<S<i64>>,
+    pub(super) send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +133,7 @@ pub(super) struct RawHealth {
     pub(super) ca: Option<S<PathBuf>>,
     pub(super) cert: Option<S<PathBuf>>,
     pub(super) key: Option<S<PathBuf>>,
+    pub(super) send_proxy: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
