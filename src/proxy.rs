@@ -13,8 +13,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::clock::rounded_ms;
-use crate::config::OnDown;
+use crate::config::{OnDown, ProxyVersion};
 use crate::connect::{self, NoServer};
+use crate::edge::inspect::{self, Carried, ProxyRefusal};
+use crate::edge::proxy_protocol;
+use crate::edge::source_rules::{SourceRules, Verdict};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::ratelimit::RateLimitedLog;
@@ -103,7 +106,7 @@ pub struct Settings {
 
 /// Serves one accepted client until both sides are done.
 pub async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
     settings: Settings,
@@ -124,9 +127,38 @@ pub async fn serve(
     }
     // TCP_NODELAY and keepalive come with the socket from its listener (listener.rs).
 
+    // The edge: who the client really is (the PROXY header of a trusted balancer in
+    // front), then which backend its TLS server name asks for. From here on `peer` is
+    // the client the header carried: logs, source-hash and PROXY sending use it.
+    // (Source rules and limits, issue 9, apply to this `peer` when accept_proxy is on.)
+    let (peer, carried_dest) = match &listener.trusted {
+        None => (peer, None),
+        Some(trusted) => match accept_proxy(&mut client, peer, trusted, &listener).await {
+            Ok(carried) => (carried.source.unwrap_or(peer), carried.dest),
+            Err(refusal) => {
+                if let Some(c) = listener.metrics.proxy_refused(refusal.reason()) {
+                    c.increment(1);
+                }
+                note_rejected(&listener.name, peer, &format!("{}: {refusal}", refusal.reason()));
+                return;
+            }
+        },
+    };
+    let sni = match listener.routes.is_empty() {
+        true => None,
+        false => inspect::peek_server_name(&client, listener.config.inspect_timeout)
+            .await
+            .ok(),
+    };
+    let (backend, traffic_by_server) = listener.route(sni.as_deref());
+    let header = backend
+        .config
+        .send_proxy
+        .map(|v| proxy_header(v, peer, carried_dest.or_else(|| client.local_addr().ok())));
+
     // Pick and connect, trying other servers after a failure.
-    let backend = &listener.backend;
-    let conn = match connect::connect(backend, connect::client_key(peer), settings.keepalive).await {
+    let key = connect::client_key(peer);
+    let conn = match connect::connect_with(backend, key, settings.keepalive, header.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             listener.metrics.rejected_no_server.increment(1);
@@ -140,7 +172,9 @@ pub async fn serve(
     };
     let entry = &backend.servers[conn.server];
     let server = &entry.server;
-    let traffic = &listener.traffic[conn.server];
+    let Some(traffic) = traffic_by_server.get(conn.server) else {
+        return;
+    };
     server.connections.fetch_add(1, Ordering::Relaxed);
     let _server_active = Held::new(&server.active);
     let _endpoint_active = Held::new(&conn.endpoint.active);
@@ -189,7 +223,8 @@ pub async fn serve(
         bytes_in = outcome.client_to_server,
         bytes_out = outcome.server_to_client,
         end = outcome.end.as_str(),
-        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}",
+        sni = sni.as_deref(),
+        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}{}",
         listener.name,
         backend.name,
         server.name,
@@ -202,7 +237,41 @@ pub async fn serve(
             0 => String::new(),
             n => format!(" (after {n} failed connect{})", if n == 1 { "" } else { "s" }),
         },
+        match &sni {
+            Some(name) => format!(" sni={name}"),
+            None => String::new(),
+        },
     );
+}
+
+/// Reads the PROXY header a trusted balancer must send first; anyone else is refused
+/// before a byte is read.
+async fn accept_proxy(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &SourceRules,
+    listener: &Listener,
+) -> Result<Carried, ProxyRefusal> {
+    if trusted.check(peer.ip()) != Verdict::Allowed {
+        return Err(ProxyRefusal::Untrusted);
+    }
+    let timeout = listener
+        .config
+        .accept_proxy
+        .as_ref()
+        .map_or(Duration::ZERO, |a| a.timeout);
+    inspect::read_proxy_header(client, timeout).await
+}
+
+/// The PROXY header for a client at `source` that connected to `dest`; without a known
+/// destination (the socket is failing), the header that says "addresses unknown".
+fn proxy_header(version: ProxyVersion, source: SocketAddr, dest: Option<SocketAddr>) -> Vec<u8> {
+    match (version, dest) {
+        (ProxyVersion::V1, Some(dest)) => proxy_protocol::encode_v1(source, dest),
+        (ProxyVersion::V2, Some(dest)) => proxy_protocol::encode_v2(source, dest),
+        (ProxyVersion::V1, None) => b"PROXY UNKNOWN\r\n".to_vec(),
+        (ProxyVersion::V2, None) => proxy_protocol::encode_v2_local(),
+    }
 }
 
 struct TrafficMeter<'a> {

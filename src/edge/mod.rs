@@ -6,8 +6,12 @@
 //! [`sni`] (a TLS ClientHello's server name, and routing by it); beside them,
 //! [`fd_budget`] (the connection ceiling the open-file limit allows, and raising that
 //! limit at startup). The listener and proxy call them; they call nothing of gatehouse.
+//!
+//! One part touches sockets: [`inspect`] reads the PROXY header and peeks at the
+//! ClientHello with the parsers above; the decisions (trust, routes) stay with the caller.
 
 pub mod fd_budget;
+pub mod inspect;
 pub mod proxy_protocol;
 pub mod sni;
 pub mod source_limit;
