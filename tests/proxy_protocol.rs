@@ -116,7 +116,7 @@ fn addr_text(a: SocketAddr) -> String {
 fn nginx_reads_the_client_address_from_v1_and_v2_headers_over_ipv4_and_ipv6() {
     let nginx = match Nginx::start() {
         Ok(n) => n,
-        Err(why) => return skip!("{why}"),
+        Err(why) => skip!("{why}"),
     };
     let v4 = || format!("{}:0", fresh_ip());
     let mut cases = vec![("v1", v4(), nginx.v4), ("v2", v4(), nginx.v4)];
@@ -152,7 +152,7 @@ fn nginx_reads_the_client_address_from_v1_and_v2_headers_over_ipv4_and_ipv6() {
 fn health_checks_send_the_header_only_when_asked() {
     let nginx = match Nginx::start() {
         Ok(n) => n,
-        Err(why) => return skip!("{why}"),
+        Err(why) => skip!("{why}"),
     };
     let ng = nginx.v4;
     let config = format!(
@@ -217,7 +217,7 @@ health = {{ check = "none" }}
 fn the_address_an_accepted_header_carries_is_what_the_server_and_the_log_see() {
     let nginx = match Nginx::start() {
         Ok(n) => n,
-        Err(why) => return skip!("{why}"),
+        Err(why) => skip!("{why}"),
     };
     let g = accepting_gatehouse(&nginx, r#""127.0.0.0/8""#, "");
     let front = g.addr("front");
@@ -253,10 +253,10 @@ fn the_address_an_accepted_header_carries_is_what_the_server_and_the_log_see() {
 fn curl_haproxy_protocol_goes_through_an_accepting_listener() {
     let nginx = match Nginx::start() {
         Ok(n) => n,
-        Err(why) => return skip!("{why}"),
+        Err(why) => skip!("{why}"),
     };
     if !have("curl") {
-        return skip!("curl is not installed");
+        skip!("curl is not installed");
     }
     let g = accepting_gatehouse(&nginx, r#""127.0.0.5/32""#, "");
     let front = g.addr("front");
@@ -304,7 +304,7 @@ fn refused(mut s: TcpStream, bytes: &[u8], close: bool) -> (bool, Duration) {
 fn bad_headers_are_closed_with_their_reason_while_other_clients_are_served() {
     let nginx = match Nginx::start() {
         Ok(n) => n,
-        Err(why) => return skip!("{why}"),
+        Err(why) => skip!("{why}"),
     };
     let g = accepting_gatehouse(&nginx, r#""127.0.0.1/32""#, r#"proxy_timeout = "500ms""#);
     let (front, admin) = (g.addr("front"), g.admin());

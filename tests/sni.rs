@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +132,7 @@ fn tools_missing() -> Option<&'static str> {
 #[test]
 fn routes_by_server_name_exact_before_wildcard_and_the_rest_to_the_default() {
     if let Some(why) = tools_missing() {
-        return skip!("{why}");
+        skip!("{why}");
     }
     let (k8s, wild, default) = (Recorder::start(), Recorder::start(), Recorder::start());
     let g = Gatehouse::start(&routed_config(
@@ -186,7 +186,7 @@ fn routes_by_server_name_exact_before_wildcard_and_the_rest_to_the_default() {
 #[test]
 fn a_client_hello_written_one_byte_at_a_time_is_routed_and_arrives_whole() {
     if let Some(why) = tools_missing() {
-        return skip!("{why}");
+        skip!("{why}");
     }
     let hello = captured_hello("k8s.example.com");
     let (k8s, wild, default) = (Recorder::start(), Recorder::start(), Recorder::start());
@@ -252,7 +252,7 @@ fn non_tls_and_silent_clients_go_to_the_default_backend() {
 #[test]
 fn bytes_through_a_routed_connection_arrive_intact() {
     if let Some(why) = tools_missing() {
-        return skip!("{why}");
+        skip!("{why}");
     }
     let hello = captured_hello("k8s.example.com");
     let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
