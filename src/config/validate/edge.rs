@@ -125,3 +125,147 @@ impl Validator<'_> {
         version
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Diagnostic, ProxyVersion};
+
+    fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        Config::parse(text, "test.toml").map_err(|e| match e {
+            ConfigError::Invalid(d) => d,
+            other => panic!("unexpected {other}"),
+        })
+    }
+
+    fn with_listener(keys: &str, backend_keys: &str) -> String {
+        format!(
+            r#"
+[[listener]]
+name = "https"
+bind = "127.0.0.1:443"
+backend = "ingress"
+{keys}
+
+[backend.ingress]
+servers = ["127.0.4.20:443"]
+{backend_keys}
+
+[backend.control-plane]
+servers = ["127.0.4.11:6443"]
+"#
+        )
+    }
+
+    fn one_error(text: &str) -> Diagnostic {
+        let errors = parse(text).expect_err("should be refused");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.into_iter().next().unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn edge_keys_read_into_typed_values() {
+        let c = parse(&with_listener(
+            r#"accept_proxy = true
+trusted = ["192.168.4.1/32", "fd00::/8"]
+proxy_timeout = "1s"
+routes = [{ sni = ["k8s.example.com", "*.k8s.example.com"], backend = "control-plane" }]
+inspect_timeout = "2s""#,
+            r#"send_proxy = "v2"
+health = { check = "tcp", send_proxy = true }"#,
+        ))
+        .unwrap();
+        let l = &c.listeners[0];
+        let a = l.accept_proxy.as_ref().unwrap();
+        assert_eq!(a.trusted.len(), 2);
+        assert_eq!(a.timeout.as_secs(), 1);
+        assert_eq!(l.routes[0].backend, "control-plane");
+        assert_eq!(l.routes[0].sni, ["k8s.example.com", "*.k8s.example.com"]);
+        assert_eq!(l.inspect_timeout.as_secs(), 2);
+        let b = c.backend("ingress").unwrap();
+        assert_eq!(b.send_proxy, Some(ProxyVersion::V2));
+        assert_eq!(b.health.send_proxy, Some(ProxyVersion::V2));
+        assert_eq!(c.backend("control-plane").unwrap().send_proxy, None);
+    }
+
+    #[test]
+    fn without_edge_keys_nothing_is_inspected() {
+        let c = parse(&with_listener("", "")).unwrap();
+        let l = &c.listeners[0];
+        assert!(l.accept_proxy.is_none() && l.routes.is_empty());
+        assert_eq!(l.inspect_timeout, super::INSPECT_TIMEOUT);
+    }
+
+    #[test]
+    fn accept_proxy_without_trusted_sources_is_refused() {
+        let e = one_error(&with_listener("accept_proxy = true", ""));
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("needs trusted"), "{e}");
+    }
+
+    #[test]
+    fn trusted_without_accept_proxy_is_refused() {
+        let e = one_error(&with_listener(r#"trusted = ["10.0.0.0/8"]"#, ""));
+        assert!(e.message.contains("only with accept_proxy"), "{e}");
+    }
+
+    #[test]
+    fn a_trusted_block_with_host_bits_suggests_the_network() {
+        let e = one_error(&with_listener(
+            "accept_proxy = true\ntrusted = [\"192.168.4.1/24\"]",
+            "",
+        ));
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("did you mean 192.168.4.0/24"), "{e}");
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_backend_suggests_the_closest() {
+        let e = one_error(&with_listener(
+            r#"routes = [{ sni = ["k8s.example.com"], backend = "control-plain" }]"#,
+            "",
+        ));
+        assert!(e.message.contains("did you mean \"control-plane\""), "{e}");
+    }
+
+    #[test]
+    fn bad_and_duplicate_sni_patterns_are_refused() {
+        let e = one_error(&with_listener(
+            r#"routes = [{ sni = ["a.*.example.com"], backend = "control-plane" }]"#,
+            "",
+        ));
+        assert!(e.message.contains("a.*.example.com"), "{e}");
+        let e = one_error(&with_listener(
+            r#"routes = [{ sni = ["*"], backend = "control-plane" }]"#,
+            "",
+        ));
+        assert!(e.message.contains("\"*\""), "{e}");
+        let e = one_error(&with_listener(
+            r#"routes = [{ sni = ["k8s.example.com"], backend = "control-plane" }, { sni = ["K8S.example.com"], backend = "ingress" }]"#,
+            "",
+        ));
+        assert!(e.message.contains("given twice"), "{e}");
+        let e = one_error(&with_listener(r#"routes = [{ sni = [], backend = "ingress" }]"#, ""));
+        assert!(e.message.contains("sni is empty"), "{e}");
+    }
+
+    #[test]
+    fn inspect_timeout_without_routes_is_refused() {
+        let e = one_error(&with_listener(r#"inspect_timeout = "1s""#, ""));
+        assert!(e.message.contains("only with routes"), "{e}");
+    }
+
+    #[test]
+    fn send_proxy_takes_v1_or_v2_only() {
+        let errors = parse(&with_listener("", r#"send_proxy = "v3""#)).expect_err("v3");
+        assert!(
+            errors[0].message.contains("v1") && errors[0].message.contains("v2"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn health_send_proxy_needs_the_backend_to_send_it() {
+        let e = one_error(&with_listener("", "health = { check = \"tcp\", send_proxy = true }"));
+        assert!(e.message.contains("needs the backend's send_proxy"), "{e}");
+    }
+}
