@@ -308,3 +308,48 @@ fn bytes_through_a_routed_connection_arrive_intact() {
     );
     assert!(other.names().is_empty(), "nothing went elsewhere");
 }
+
+#[test]
+fn a_reload_changes_routes_for_new_connections_only() {
+    if let Some(why) = tools_missing() {
+        skip!("{why}");
+    }
+    let hello = captured_hello("k8s.example.com");
+    let (first, second) = (
+        Backend::echo("127.0.0.1:0".parse().unwrap()),
+        Backend::echo("127.0.0.1:0".parse().unwrap()),
+    );
+    let other = Recorder::start();
+    let g = Gatehouse::start(&routed_config(first.addr, other.backend.addr, other.backend.addr));
+    let front = g.addr("tls");
+    let echo_hello = |s: &mut std::net::TcpStream| {
+        s.write_all(&hello).unwrap();
+        let mut back = vec![0u8; hello.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, hello);
+    };
+    let mut old = connect(front);
+    echo_hello(&mut old);
+    assert_eq!(first.accepted(), 1, "routed to the first k8s server");
+
+    // The k8s route now goes to another backend.
+    let reloaded = routed_config(first.addr, other.backend.addr, other.backend.addr)
+        .replace(r#"backend = "k8s" }"#, r#"backend = "k8s-next" }"#)
+        + &format!(
+            "[backend.k8s-next]\nservers = [\"{}\"]\nhealth = {{ check = \"none\" }}\n",
+            second.addr
+        );
+    assert!(reloaded.contains(r#"backend = "k8s-next" }"#));
+    g.reload(&reloaded);
+    let mut new = connect(front);
+    echo_hello(&mut new);
+    assert_eq!(
+        (first.accepted(), second.accepted()),
+        (1, 1),
+        "the new connection follows the new route"
+    );
+    old.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    old.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here", "the old connection keeps its server");
+}
