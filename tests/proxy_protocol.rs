@@ -384,3 +384,49 @@ fn bad_headers_are_closed_with_their_reason_while_other_clients_are_served() {
     s.write_all(b"PROXY TCP4 198.51.100.2 127.0.0.1 2000 80\r\n").unwrap();
     assert_eq!(get(s), "198.51.100.2:2000");
 }
+
+#[test]
+fn source_hash_balances_by_the_carried_client() {
+    let (a, b) = (
+        Backend::named("127.0.0.1:0".parse().unwrap(), "a"),
+        Backend::named("127.0.0.1:0".parse().unwrap(), "b"),
+    );
+    let config = format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "front"
+bind = "127.0.0.1:0"
+backend = "pool"
+accept_proxy = true
+trusted = ["127.0.0.1/32"]
+[backend.pool]
+balance = "source-hash"
+servers = [{{ name = "a", address = "{}" }}, {{ name = "b", address = "{}" }}]
+health = {{ check = "none" }}
+"#,
+        a.addr, b.addr
+    );
+    let g = Gatehouse::start(&config);
+    let front = g.addr("front");
+    let via = |client: &str, port: u16| {
+        let mut s = connect(front);
+        s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 {port} 443\r\n").as_bytes())
+            .unwrap();
+        read_line(&mut s).unwrap()
+    };
+    // One carried client, many source ports, all from gatehouse's view 127.0.0.1.
+    let same: Vec<String> = (0..10).map(|i| via("198.51.100.7", 1000 + i)).collect();
+    assert!(
+        same.iter().all(|s| *s == same[0]),
+        "one carried client keeps its server: {same:?}"
+    );
+    // Many carried clients (all from the same real peer) spread over both servers.
+    let spread: Vec<String> = (1..=40).map(|i| via(&format!("198.51.100.{i}"), 1000)).collect();
+    let on_a = spread.iter().filter(|s| *s == "a").count();
+    assert!(
+        on_a > 0 && on_a < spread.len(),
+        "40 carried clients from one peer spread by their own address: {on_a} on a, {} on b",
+        spread.len() - on_a
+    );
+}
