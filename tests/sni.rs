@@ -98,7 +98,9 @@ fn captured_hello(name: &str) -> Vec<u8> {
 
 fn routed_config(k8s: SocketAddr, wild: SocketAddr, default: SocketAddr) -> String {
     format!(
-        r#"[admin]
+        r#"[log]
+format = "json"
+[admin]
 listen = "127.0.0.1:0"
 [[listener]]
 name = "tls"
@@ -173,8 +175,10 @@ fn routes_by_server_name_exact_before_wildcard_and_the_rest_to_the_default() {
     }
 
     assert!(
-        g.wait_log("tls/k8s/", Duration::from_secs(5)) && g.log().contains("sni=k8s.example.com"),
-        "the close line names the server name:\n{}",
+        g.wait_log("tls/k8s/", Duration::from_secs(5))
+            && g.log().contains("sni=k8s.example.com")
+            && g.log().contains(r#""sni":"k8s.example.com""#),
+        "the close line names the server name, in its text and as a JSON field:\n{}",
         g.log()
     );
     let status = status(g.admin());
