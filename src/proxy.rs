@@ -1,5 +1,6 @@
 //! The data path of one client connection, top to bottom:
-//! accept → pick → connect → forward → close log and metrics.
+//! accept → edge (PROXY header, SNI peek: `edge::inspect`) → pick → connect → forward →
+//! close log and metrics.
 //!
 //! Everything a connection needs comes from the listener's snapshot, taken once at
 //! accept: a reload during the connection changes nothing for it.
@@ -172,9 +173,7 @@ pub async fn serve(
     };
     let entry = &backend.servers[conn.server];
     let server = &entry.server;
-    let Some(traffic) = traffic_by_server.get(conn.server) else {
-        return;
-    };
+    let traffic = &traffic_by_server[conn.server];
     server.connections.fetch_add(1, Ordering::Relaxed);
     let _server_active = Held::new(&server.active);
     let _endpoint_active = Held::new(&conn.endpoint.active);

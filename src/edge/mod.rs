@@ -1,6 +1,6 @@
 //! The edge: what happens to a client before a server is picked.
 //!
-//! Pure parts only, no sockets and no clocks of their own: [`source_rules`] (allow/deny
+//! Pure parts, no sockets and no clocks of their own: [`source_rules`] (allow/deny
 //! by CIDR), [`source_limit`] (per-client concurrent connections and new-connection
 //! rate, in a bounded table), [`proxy_protocol`] (PROXY v1/v2 headers, both ways) and
 //! [`sni`] (a TLS ClientHello's server name, and routing by it); beside them,
