@@ -357,3 +357,48 @@ fn a_reload_changes_routes_for_new_connections_only() {
     old.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here", "the old connection keeps its server");
 }
+
+/// CPU time (user + system) the process `pid` has used so far, from /proc.
+fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+#[test]
+fn a_stalled_client_hello_waits_without_spinning() {
+    if let Some(why) = tools_missing() {
+        skip!("{why}");
+    }
+    let hello = captured_hello("k8s.example.com");
+    let (k8s, wild) = (Recorder::start(), Recorder::start());
+    let default = Backend::named("127.0.0.1:0".parse().unwrap(), "default");
+    let g = Gatehouse::start(&routed_config(k8s.backend.addr, wild.backend.addr, default.addr));
+    let Some(before) = cpu_time(g.pid()) else {
+        skip!("no /proc/PID/stat");
+    };
+    // Half a ClientHello, then nothing: gatehouse waits out inspect_timeout (500ms).
+    let mut s = connect(g.addr("tls"));
+    let started = Instant::now();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    assert_eq!(
+        read_line(&mut s).unwrap(),
+        "default",
+        "an incomplete hello ends at the default"
+    );
+    let waited = started.elapsed();
+    let used = cpu_time(g.pid()).unwrap_or_default().saturating_sub(before);
+    assert!(
+        waited >= Duration::from_millis(450),
+        "it waited for the rest of the hello: {waited:?}"
+    );
+    assert!(
+        used < Duration::from_millis(150),
+        "gatehouse used {used:?} of CPU while waiting {waited:?} for the rest of a ClientHello"
+    );
+}
