@@ -300,6 +300,10 @@ pub fn status(app: &dyn Control) -> Value {
             "name": &*l.name,
             "binds": local.iter().filter(|(n, _)| **n == *l.name).map(|(_, a)| a.to_string()).collect::<Vec<_>>(),
             "backend": &*l.backend.name,
+            "routes": l.config.routes.iter().map(|r| json!({ "sni": r.sni, "backend": r.backend })).collect::<Vec<_>>(),
+            "accept_proxy": l.config.accept_proxy.as_ref().map(|a| json!({
+                "trusted": a.trusted.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            })),
             "active": l.counters.active.load(Ordering::Relaxed),
             "accepted": l.counters.accepted.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),

@@ -85,6 +85,17 @@ pub enum NoServer {
 /// Connects the client (whose address hashes to `client`) to a server of `backend`,
 /// trying up to `retries` other servers after a failure.
 pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>) -> Result<Connected, NoServer> {
+    connect_with(backend, client, keepalive, None).await
+}
+
+/// [`connect`], writing `header` (a PROXY header) first on the server connection; a
+/// server that cannot take it counts as a failed connect.
+pub async fn connect_with(
+    backend: &Backend,
+    client: u64,
+    keepalive: Option<Duration>,
+    header: Option<&[u8]>,
+) -> Result<Connected, NoServer> {
     let config = &backend.config;
     let mut tried: Vec<usize> = Vec::new();
     let mut last: Option<(String, ConnectError)> = None;
@@ -103,7 +114,14 @@ pub async fn connect(backend: &Backend, client: u64, keepalive: Option<Duration>
             continue;
         };
         let started = Instant::now();
-        match connect_one(endpoint.addr, config.connect_timeout, keepalive).await {
+        let connected = match connect_one(endpoint.addr, config.connect_timeout, keepalive).await {
+            Ok(stream) => match header {
+                Some(h) => write_header(stream, h).await,
+                None => Ok(stream),
+            },
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(stream) => {
                 set_user_timeout(&stream, config.user_timeout);
                 let connect_time = started.elapsed();
@@ -161,6 +179,14 @@ pub async fn connect_one(
         Err(_) => return Err(ConnectError::Timeout(timeout)),
     };
     set_keepalive(&stream, keepalive);
+    Ok(stream)
+}
+
+/// Writes a PROXY header on a fresh connection (its send buffer is empty: this does
+/// not wait).
+async fn write_header(mut stream: TcpStream, header: &[u8]) -> Result<TcpStream, ConnectError> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(header).await.map_err(ConnectError::from_io)?;
     Ok(stream)
 }
 

@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::clock::unix_now;
-use crate::config::{CheckKind, HealthConfig, Host, HttpCheck, TlsCheck};
+use crate::config::{CheckKind, HealthConfig, Host, HttpCheck, ProxyVersion, TlsCheck};
 use crate::connect::{connect_one, ConnectError};
+use crate::edge::proxy_protocol;
 use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
 
 /// Longest HTTP response read by a check.
@@ -92,6 +93,7 @@ pub struct Prepared {
     kind: PreparedKind,
     pub timeout: Duration,
     port: Option<u16>,
+    send_proxy: Option<ProxyVersion>,
 }
 
 enum PreparedKind {
@@ -125,6 +127,7 @@ pub fn prepare(config: &HealthConfig) -> Result<Arc<Prepared>, String> {
         kind,
         timeout: config.timeout,
         port: config.port,
+        send_proxy: config.send_proxy,
     }))
 }
 
@@ -268,6 +271,13 @@ impl Prepared {
             },
             detail: format!("{} connect to {addr}: {e}", self.name()),
         })?;
+        let stream = match self.send_proxy {
+            Some(version) => send_proxy(stream, version).await.map_err(|e| CheckFailure {
+                reason: "error",
+                detail: format!("{} check to {addr}: writing the PROXY header: {e}", self.name()),
+            })?,
+            None => stream,
+        };
         match &self.kind {
             PreparedKind::None | PreparedKind::Tcp => Ok(format!("tcp connect to {addr} succeeded")),
             PreparedKind::Tls(t) => {
@@ -281,6 +291,22 @@ impl Prepared {
             }
         }
     }
+}
+
+/// The PROXY header of a check, as HAProxy's `check-send-proxy` writes it: v2 says
+/// LOCAL (the check is gatehouse's own connection); v1, which has no LOCAL, carries the
+/// check connection's own addresses.
+async fn send_proxy(
+    mut stream: tokio::net::TcpStream,
+    version: ProxyVersion,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let header = match version {
+        ProxyVersion::V1 => proxy_protocol::encode_v1(stream.local_addr()?, stream.peer_addr()?),
+        ProxyVersion::V2 => proxy_protocol::encode_v2_local(),
+    };
+    stream.write_all(&header).await?;
+    Ok(stream)
 }
 
 async fn handshake(

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use crate::edge::inspect::PROXY_REFUSAL_REASONS;
+
 pub const CONNECTIONS_ACCEPTED: &str = "gatehouse_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "gatehouse_connections_active";
 pub const CONNECTIONS_REJECTED: &str = "gatehouse_connections_rejected_total";
@@ -110,6 +112,8 @@ pub struct ListenerMetrics {
     pub rejected_denied: Counter,
     pub rejected_source_limit: Counter,
     pub duration: Histogram,
+    /// Indexed like [`PROXY_REFUSAL_REASONS`].
+    pub rejected_proxy: [Counter; 8],
 }
 
 impl ListenerMetrics {
@@ -121,8 +125,16 @@ impl ListenerMetrics {
             rejected_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "limit"),
             rejected_denied: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "denied"),
             rejected_source_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "source_limit"),
+            rejected_proxy: PROXY_REFUSAL_REASONS
+                .map(|r| counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => r)),
             duration: histogram!(CONNECTION_DURATION, "listener" => l),
         }
+    }
+
+    /// The counter of a PROXY header refusal, by its reason.
+    pub fn proxy_refused(&self, reason: &str) -> Option<&Counter> {
+        let i = PROXY_REFUSAL_REASONS.iter().position(|r| *r == reason)?;
+        self.rejected_proxy.get(i)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The data path of one client connection, top to bottom:
-//! accept → pick → connect → forward → close log and metrics.
+//! accept → edge (PROXY header, SNI peek: `edge::inspect`) → pick → connect → forward →
+//! close log and metrics.
 //!
 //! Everything a connection needs comes from the listener's snapshot, taken once at
 //! accept: a reload during the connection changes nothing for it.
@@ -13,9 +14,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::clock::rounded_ms;
-use crate::config::OnDown;
+use crate::config::{OnDown, ProxyVersion};
 use crate::connect::{self, NoServer};
 use crate::edge::admission::Refused;
+use crate::edge::inspect::{self, Carried, ProxyRefusal};
+use crate::edge::proxy_protocol;
+use crate::edge::source_rules::{SourceRules, Verdict};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::ratelimit::RateLimitedLog;
@@ -106,7 +110,7 @@ pub struct Settings {
 
 /// Serves one accepted client until both sides are done.
 pub async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
     settings: Settings,
@@ -118,8 +122,34 @@ pub async fn serve(
     listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
     listener.metrics.accepted.increment(1);
 
-    // The edge first: allow/deny, then per-source limits. The client is the peer until
-    // a PROXY-protocol header is read; that address will replace `peer` here.
+    if let Some(max) = listener.config.max_connections {
+        if listener.counters.active.load(Ordering::Relaxed) as usize > max {
+            listener.metrics.rejected_limit.increment(1);
+            note_rejected(&listener.name, peer, "connection limit reached");
+            return;
+        }
+    }
+    // TCP_NODELAY, keepalive and user timeout come with the socket from its listener (listener.rs).
+
+    // The edge: who the client really is (the PROXY header of a trusted balancer in
+    // front), then which backend its TLS server name asks for. From here on `peer` is
+    // the client the header carried: source rules and limits, logs, source-hash and
+    // PROXY sending use it.
+    let (peer, carried_dest) = match &listener.trusted {
+        None => (peer, None),
+        Some(trusted) => match accept_proxy(&mut client, peer, trusted, &listener).await {
+            Ok(carried) => (carried.source.unwrap_or(peer), carried.dest),
+            Err(refusal) => {
+                if let Some(c) = listener.metrics.proxy_refused(refusal.reason()) {
+                    c.increment(1);
+                }
+                note_rejected(&listener.name, peer, &format!("{}: {refusal}", refusal.reason()));
+                return;
+            }
+        },
+    };
+    // Then allow/deny and per-source limits, on that client (the carried address when
+    // a balancer in front sends PROXY headers).
     let _admitted = match listener.admission.admit(peer.ip(), accepted_at) {
         Ok(admitted) => admitted,
         Err(refused) => {
@@ -132,18 +162,21 @@ pub async fn serve(
         }
     };
 
-    if let Some(max) = listener.config.max_connections {
-        if listener.counters.active.load(Ordering::Relaxed) as usize > max {
-            listener.metrics.rejected_limit.increment(1);
-            note_rejected(&listener.name, peer, "connection limit reached");
-            return;
-        }
-    }
-    // TCP_NODELAY, keepalive and user timeout come with the socket from its listener (listener.rs).
+    let sni = match listener.routes.is_empty() {
+        true => None,
+        false => inspect::peek_server_name(&client, listener.config.inspect_timeout)
+            .await
+            .ok(),
+    };
+    let (backend, traffic_by_server) = listener.route(sni.as_deref());
+    let header = backend
+        .config
+        .send_proxy
+        .map(|v| proxy_header(v, peer, carried_dest.or_else(|| client.local_addr().ok())));
 
     // Pick and connect, trying other servers after a failure.
-    let backend = &listener.backend;
-    let conn = match connect::connect(backend, connect::client_key(peer), settings.keepalive).await {
+    let key = connect::client_key(peer);
+    let conn = match connect::connect_with(backend, key, settings.keepalive, header.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             listener.metrics.rejected_no_server.increment(1);
@@ -157,7 +190,7 @@ pub async fn serve(
     };
     let entry = &backend.servers[conn.server];
     let server = &entry.server;
-    let traffic = &listener.traffic[conn.server];
+    let traffic = &traffic_by_server[conn.server];
     server.connections.fetch_add(1, Ordering::Relaxed);
     let _server_active = Held::new(&server.active);
     let _endpoint_active = Held::new(&conn.endpoint.active);
@@ -207,7 +240,8 @@ pub async fn serve(
         bytes_in = outcome.client_to_server,
         bytes_out = outcome.server_to_client,
         end = outcome.end.as_str(),
-        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}",
+        sni = sni.as_deref(),
+        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}{}",
         listener.name,
         backend.name,
         server.name,
@@ -220,7 +254,41 @@ pub async fn serve(
             0 => String::new(),
             n => format!(" (after {n} failed connect{})", if n == 1 { "" } else { "s" }),
         },
+        match &sni {
+            Some(name) => format!(" sni={name}"),
+            None => String::new(),
+        },
     );
+}
+
+/// Reads the PROXY header a trusted balancer must send first; anyone else is refused
+/// before a byte is read.
+async fn accept_proxy(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &SourceRules,
+    listener: &Listener,
+) -> Result<Carried, ProxyRefusal> {
+    if trusted.check(peer.ip()) != Verdict::Allowed {
+        return Err(ProxyRefusal::Untrusted);
+    }
+    let timeout = listener
+        .config
+        .accept_proxy
+        .as_ref()
+        .map_or(Duration::ZERO, |a| a.timeout);
+    inspect::read_proxy_header(client, timeout).await
+}
+
+/// The PROXY header for a client at `source` that connected to `dest`; without a known
+/// destination (the socket is failing), the header that says "addresses unknown".
+fn proxy_header(version: ProxyVersion, source: SocketAddr, dest: Option<SocketAddr>) -> Vec<u8> {
+    match (version, dest) {
+        (ProxyVersion::V1, Some(dest)) => proxy_protocol::encode_v1(source, dest),
+        (ProxyVersion::V2, Some(dest)) => proxy_protocol::encode_v2(source, dest),
+        (ProxyVersion::V1, None) => b"PROXY UNKNOWN\r\n".to_vec(),
+        (ProxyVersion::V2, None) => proxy_protocol::encode_v2_local(),
+    }
 }
 
 struct TrafficMeter<'a> {

@@ -20,6 +20,8 @@ use crate::balance::{self, Candidate, Picker};
 use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::edge::admission::Admission;
+use crate::edge::sni::SniRoutes;
+use crate::edge::source_rules::SourceRules;
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
 
 /// What the operator set for a server at runtime.
@@ -474,6 +476,46 @@ pub struct Listener {
     pub counters: Arc<ListenerCounters>,
     /// `allow`/`deny` and `source_limit`: the first check on every client.
     pub admission: Admission,
+    /// Sources allowed to connect with a PROXY header (`accept_proxy`); `None`: off.
+    pub trusted: Option<SourceRules>,
+    /// SNI routes to other backends than `backend`; empty: no peeking.
+    pub routes: SniRoutes<Route>,
+}
+
+/// Where an SNI route of a listener goes, with its traffic handles.
+pub struct Route {
+    pub backend: Arc<Backend>,
+    /// Indexed like `backend.servers`.
+    pub traffic: Vec<TrafficMetrics>,
+}
+
+impl Listener {
+    /// The backend for a client that asked for `sni` (and its traffic handles): the
+    /// matching route's, else the listener's own.
+    pub fn route(&self, sni: Option<&str>) -> (&Arc<Backend>, &[TrafficMetrics]) {
+        match sni.and_then(|name| self.routes.route(name)) {
+            Some(r) => (&r.backend, &r.traffic),
+            None => (&self.backend, &self.traffic),
+        }
+    }
+}
+
+fn build_routes(lc: &ListenerConfig, backends: &[Arc<Backend>]) -> SniRoutes<Route> {
+    let routes = lc.routes.iter().filter_map(|rc| {
+        let backend = backends.iter().find(|b| *b.name == *rc.backend)?.clone();
+        let traffic = backend
+            .servers
+            .iter()
+            .map(|s| TrafficMetrics::new(&lc.name, &backend.name, &s.server.name))
+            .collect();
+        Some((rc.sni.clone(), Route { backend, traffic }))
+    });
+    // Validation checked the patterns; a failure here would be a bug, and costs the
+    // routes only, not the listener.
+    SniRoutes::new(routes).unwrap_or_else(|e| {
+        tracing::error!(listener = %lc.name, "SNI routes not applied: {e}");
+        SniRoutes::default()
+    })
 }
 
 /// Counts of a listener that outlive snapshots (kept across reloads by name).
@@ -584,6 +626,8 @@ impl Snapshot {
                     metrics: ListenerMetrics::new(&lc.name),
                     traffic,
                     counters,
+                    trusted: lc.accept_proxy.as_ref().map(|a| SourceRules::new(&a.trusted, &[])),
+                    routes: build_routes(lc, &backends),
                 }))
             })
             .collect();

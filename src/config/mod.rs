@@ -165,6 +165,44 @@ pub struct ListenerConfig {
     pub source_limit: Option<SourceLimitConfig>,
     /// Bind even an address this host does not have (yet): a keepalived address.
     pub freebind: bool,
+    /// PROXY protocol accepted (and required) from a balancer in front; `None`: off.
+    pub accept_proxy: Option<AcceptProxy>,
+    /// Routes by TLS server name (SNI); `backend` is the default. Empty: no peeking.
+    pub routes: Vec<RouteConfig>,
+    /// How long to wait for a whole ClientHello before using the default backend.
+    pub inspect_timeout: Duration,
+}
+
+/// `accept_proxy = true`: only `trusted` sources may connect, and each must start with a
+/// PROXY header (v1 or v2) within `timeout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptProxy {
+    pub trusted: Vec<crate::edge::source_rules::Cidr>,
+    pub timeout: Duration,
+}
+
+/// One SNI route of a listener: server-name patterns and the backend they go to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub sni: Vec<String>,
+    pub backend: String,
+}
+
+/// The PROXY protocol version a backend's servers expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+impl ProxyVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
 }
 
 /// A listener's `allow` and `deny` CIDR lists, as written (deny wins; empty allow = all).
@@ -241,6 +279,8 @@ pub struct BackendConfig {
     pub retries: u32,
     /// TCP_USER_TIMEOUT of the sockets to its servers.
     pub user_timeout: Option<Duration>,
+    /// A PROXY header first on every connection to a server, carrying the client.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -284,6 +324,8 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Check another port than the traffic goes to.
     pub port: Option<u16>,
+    /// `health.send_proxy = true`: checks start with a PROXY header too (the backend's version).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 impl Default for HealthConfig {
@@ -295,6 +337,7 @@ impl Default for HealthConfig {
             rise: 2,
             fall: 3,
             port: None,
+            send_proxy: None,
         }
     }
 }

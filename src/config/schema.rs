@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Forwarding, LogFormat, OnDown, ReadyWhen};
+use super::{Balance, Forwarding, LogFormat, OnDown, ProxyVersion, ReadyWhen};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -90,6 +90,11 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub(super) deny: Vec<S<String>>,
     pub(super) source_limit: Option<S<RawSourceLimit>>,
+    pub(super) accept_proxy: Option<S<bool>>,
+    pub(super) trusted: Option<S<Vec<S<String>>>>,
+    pub(super) proxy_timeout: Option<S<String>>,
+    pub(super) routes: Option<S<Vec<S<RawRoute>>>>,
+    pub(super) inspect_timeout: Option<S<String>>,
 }
 
 /// `source_limit = { connections = 50, rate = "100/10s", sources = 65536 }`.
@@ -99,6 +104,13 @@ pub(super) struct RawSourceLimit {
     pub(super) connections: Option<S<i64>>,
     pub(super) rate: Option<S<String>>,
     pub(super) sources: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) sni: S<Vec<S<String>>>,
+    pub(super) backend: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +128,7 @@ pub(super) struct RawBackend {
     pub(super) connect_timeout: Option<S<String>>,
     pub(super) retries: Option<S<i64>>,
     pub(super) user_timeout: Option<S<String>>,
+    pub(super) send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +158,7 @@ pub(super) struct RawHealth {
     pub(super) ca: Option<S<PathBuf>>,
     pub(super) cert: Option<S<PathBuf>>,
     pub(super) key: Option<S<PathBuf>>,
+    pub(super) send_proxy: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]

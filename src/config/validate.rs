@@ -34,6 +34,19 @@ pub(super) fn validate(text: &str, origin: &str) -> Result<Config, ConfigError> 
     }
 }
 
+mod edge;
+
+/// "backend X is not defined", with the likely fix.
+fn unknown_backend(listener: &str, backend: &str, defined: &[&str]) -> String {
+    let mut msg = format!("listener {listener:?}: backend {backend:?} is not defined");
+    match closest(backend, defined.iter().copied()) {
+        Some(s) => msg.push_str(&format!("; did you mean {s:?}?")),
+        None if defined.is_empty() => msg.push_str(&format!("; add a [backend.{backend}] table")),
+        None => msg.push_str(&format!("; defined backends: {}", defined.join(", "))),
+    }
+    msg
+}
+
 struct Validator<'a> {
     text: &'a str,
     origin: &'a str,
@@ -189,6 +202,7 @@ impl Validator<'_> {
             if !seen_names.insert(name.clone()) {
                 self.error(&l.name.span(), format!("listener {name:?} is defined twice"));
             }
+            let edge = self.listener_edge(&name, &l, &backend_names);
             let bind_span = l.bind.span();
             let bind_values: Vec<String> = match l.bind.into_inner() {
                 toml::Value::String(b) => vec![b],
@@ -228,12 +242,7 @@ impl Validator<'_> {
             }
             let backend = l.backend.get_ref().clone();
             if !backend_names.contains(&backend.as_str()) {
-                let mut msg = format!("listener {name:?}: backend {backend:?} is not defined");
-                match closest(&backend, backend_names.iter().copied()) {
-                    Some(s) => msg.push_str(&format!("; did you mean {s:?}?")),
-                    None if backend_names.is_empty() => msg.push_str(&format!("; add a [backend.{backend}] table")),
-                    None => msg.push_str(&format!("; defined backends: {}", backend_names.join(", "))),
-                }
+                let msg = unknown_backend(&name, &backend, &backend_names);
                 self.error(&l.backend.span(), msg);
             }
             let max_connections = l
@@ -254,6 +263,9 @@ impl Validator<'_> {
                 sources,
                 source_limit,
                 freebind: l.freebind.unwrap_or(false),
+                accept_proxy: edge.accept_proxy,
+                routes: edge.routes,
+                inspect_timeout: edge.inspect_timeout,
             });
         }
         if listeners.is_empty() {
@@ -459,7 +471,13 @@ impl Validator<'_> {
         }
         let health = match raw.health {
             None => HealthConfig::default(),
-            Some(h) => self.health(&name, h),
+            Some(h) => {
+                let send_proxy = self.health_send_proxy(&name, &h.get_ref().send_proxy, raw.send_proxy);
+                HealthConfig {
+                    send_proxy,
+                    ..self.health(&name, h)
+                }
+            }
         };
         Some(BackendConfig {
             balance: raw.balance,
@@ -475,6 +493,7 @@ impl Validator<'_> {
             connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, defaults.connect_timeout),
             retries: self.integer("retries", &raw.retries, 0..101, defaults.retries as i64) as u32,
             user_timeout: self.duration_or_off("user_timeout", &raw.user_timeout, defaults.user_timeout),
+            send_proxy: raw.send_proxy,
             name,
         })
     }
@@ -582,6 +601,7 @@ impl Validator<'_> {
                 .port
                 .as_ref()
                 .map(|p| self.integer("port", &Some(p.clone()), 1..65536, 1) as u16),
+            send_proxy: None,
         };
         h
     }

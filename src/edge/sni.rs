@@ -298,14 +298,20 @@ pub struct SniRoutes<T> {
     targets: Vec<T>,
 }
 
-impl<T> SniRoutes<T> {
-    /// Routes from `(patterns, target)` pairs; every pattern is validated and unique.
-    pub fn new(routes: impl IntoIterator<Item = (Vec<String>, T)>) -> Result<Self, PatternError> {
-        let mut table = SniRoutes {
+impl<T> Default for SniRoutes<T> {
+    fn default() -> Self {
+        SniRoutes {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             targets: Vec::new(),
-        };
+        }
+    }
+}
+
+impl<T> SniRoutes<T> {
+    /// Routes from `(patterns, target)` pairs; every pattern is validated and unique.
+    pub fn new(routes: impl IntoIterator<Item = (Vec<String>, T)>) -> Result<Self, PatternError> {
+        let mut table = SniRoutes::default();
         for (patterns, target) in routes {
             let index = table.targets.len();
             table.targets.push(target);
@@ -347,6 +353,11 @@ impl<T> SniRoutes<T> {
 
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
+    }
+
+    /// The targets, in the order their routes were given.
+    pub fn targets(&self) -> &[T] {
+        &self.targets
     }
 }
 

@@ -452,3 +452,50 @@ impl Gatehouse {
         Ok((g, msg))
     }
 }
+
+/// The sum of the series of metric `name` whose labels include `labels`.
+pub fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (code, body) = http(admin, "GET", "/metrics", &[]);
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A client connection from source address `src` (any address in 127.0.0.0/8).
+pub fn connect_from(src: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(src, 0).into())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {to} from {src}: {e}"));
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Whether `program` can be run (found on PATH).
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A free TCP port on `ip` (bound and released: another process may take it, rarely).
+pub fn free_port(ip: std::net::IpAddr) -> Option<u16> {
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .ok()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
+}
