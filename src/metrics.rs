@@ -24,6 +24,9 @@ pub const CONFIG_RELOADS: &str = "gatehouse_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "gatehouse_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "gatehouse_build_info";
 pub const CONNECTION_DURATION: &str = "gatehouse_connection_duration_seconds";
+pub const SERVER_CERT_EXPIRY: &str = "gatehouse_server_cert_expiry_timestamp_seconds";
+pub const SERVER_CERT_VALID: &str = "gatehouse_server_cert_valid";
+pub const SERVER_CERT_ISSUER_EXPECTED: &str = "gatehouse_server_cert_issuer_expected";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -93,6 +96,19 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
     describe_histogram!(CONNECTION_DURATION, Unit::Seconds, "Lifetime of forwarded connections.");
+    describe_gauge!(
+        SERVER_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the certificate a server presents for a name expires (earliest over its addresses)."
+    );
+    describe_gauge!(
+        SERVER_CERT_VALID,
+        "1 when a server's certificate for a name is valid (name, dates, chain, issuer), else 0."
+    );
+    describe_gauge!(
+        SERVER_CERT_ISSUER_EXPECTED,
+        "1 when a server's certificate for a name has the expected issuer (or none is expected), else 0."
+    );
 }
 
 /// Handles of one listener.
@@ -187,6 +203,19 @@ impl ServerMetrics {
     pub fn check_failed(&self, reason: &'static str) {
         counter!(HEALTH_CHECK_FAILURES, "backend" => self.backend.clone(), "server" => self.server.clone(), "reason" => reason)
             .increment(1);
+    }
+
+    /// What the certificate watch saw for `sni`: looked up by label, once per check of
+    /// a `tls` or `https` check, off the data path.
+    pub fn cert_seen(&self, sni: &str, not_after: f64, valid: bool, issuer_expected: bool) {
+        let labels = [
+            ("backend", self.backend.clone()),
+            ("server", self.server.clone()),
+            ("sni", sni.to_string()),
+        ];
+        gauge!(SERVER_CERT_EXPIRY, &labels).set(not_after);
+        gauge!(SERVER_CERT_VALID, &labels).set(if valid { 1.0 } else { 0.0 });
+        gauge!(SERVER_CERT_ISSUER_EXPECTED, &labels).set(if issuer_expected { 1.0 } else { 0.0 });
     }
 
     pub fn set_state(&self, state: &str) {

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{self, Candidate, Picker};
+use crate::certwatch::CertReport;
 use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
@@ -97,6 +98,8 @@ pub struct Endpoint {
     /// Consecutive failed connects from real traffic (passive health).
     pub connect_failures: AtomicU32,
     pub check: Mutex<CheckReport>,
+    /// What the certificate watch last saw here, per server name.
+    pub certs: Mutex<Vec<CertReport>>,
 }
 
 impl Endpoint {
@@ -109,6 +112,7 @@ impl Endpoint {
             active: AtomicU32::new(0),
             connect_failures: AtomicU32::new(0),
             check: Mutex::new(CheckReport::default()),
+            certs: Mutex::new(Vec::new()),
         }
     }
 
