@@ -196,7 +196,10 @@ impl ServerCertVerifier for Watching {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.watch.provider.signature_verification_algorithms.supported_schemes()
+        self.watch
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -293,7 +296,9 @@ fn describe(der: &[u8]) -> Result<Described, String> {
                 GeneralName::DNSName(d) => names.push(d.to_string()),
                 GeneralName::IPAddress(b) => match b.len() {
                     4 => names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()).to_string()),
-                    16 => names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string()),
+                    16 => {
+                        names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string())
+                    }
                     _ => {}
                 },
                 _ => {}

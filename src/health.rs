@@ -18,11 +18,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use crate::clock::unix_now;
 use crate::certwatch::{self, CertReport, Watch, Watching};
+use crate::clock::unix_now;
 use crate::config::{CertFailure, CheckKind, HealthConfig, Host, HttpCheck, TlsCheck};
 use crate::connect::{connect_one, ConnectError};
-use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
 
 /// Longest HTTP response read by a check.
@@ -256,7 +255,12 @@ impl Prepared {
         }
     }
 
-    async fn run_inner(&self, host: &Host, addr: SocketAddr, certs: &mut Vec<CertReport>) -> Result<String, CheckFailure> {
+    async fn run_inner(
+        &self,
+        host: &Host,
+        addr: SocketAddr,
+        certs: &mut Vec<CertReport>,
+    ) -> Result<String, CheckFailure> {
         if let PreparedKind::None = self.kind {
             return Ok("not checked".into());
         }
@@ -487,10 +491,20 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
 /// of each name (earliest expiry, valid only if valid at every address).
 fn watched(server: &Server, endpoint: &Endpoint, certs: Vec<CertReport>) {
     if let Ok(mut mine) = endpoint.certs.lock() {
-        for c in &certs {
-            let before = mine.iter().find(|o| o.sni == c.sni);
-            if before.map(|b| (b.valid, &b.reason)) != Some((c.valid, &c.reason)) {
-                log_certificate(server, endpoint, c);
+        let changed: Vec<&CertReport> = certs
+            .iter()
+            .filter(|c| {
+                let before = mine.iter().find(|o| o.sni == c.sni);
+                before.map(|b| (b.valid, &b.reason)) != Some((c.valid, &c.reason))
+            })
+            .collect();
+        // One check's changes are logged together, at most once a second per address
+        // (a certificate that flips with every check cannot flood the journal).
+        if !changed.is_empty() {
+            if let Some(suppressed) = endpoint.cert_log.admit() {
+                for c in changed {
+                    log_certificate(server, endpoint, c, suppressed);
+                }
             }
         }
         certwatch::merge(&mut mine, certs);
@@ -502,15 +516,14 @@ fn watched(server: &Server, endpoint: &Endpoint, certs: Vec<CertReport>) {
         .flatten()
         .collect();
     for s in certwatch::summarize(&all) {
-        server.metrics.cert_seen(&s.sni, s.not_after as f64, s.valid, s.issuer_expected);
+        server
+            .metrics
+            .cert_seen(&s.sni, s.not_after as f64, s.valid, s.issuer_expected);
     }
 }
 
-/// A certificate first seen, or whose verdict changed: one line, rate-limited across
-/// all servers so that a reload onto many bad certificates cannot flood the journal.
-fn log_certificate(server: &Server, endpoint: &Endpoint, c: &CertReport) {
-    static LOG: RateLimitedLog = RateLimitedLog::new();
-    let Some(suppressed) = LOG.admit() else { return };
+/// A certificate first seen, or whose verdict changed.
+fn log_certificate(server: &Server, endpoint: &Endpoint, c: &CertReport, suppressed: u64) {
     let expires = c.not_after;
     if c.valid {
         tracing::info!(backend = %server.backend, server = %server.name, sni = %c.sni, endpoint = %endpoint.addr,

@@ -21,6 +21,7 @@ use crate::certwatch::CertReport;
 use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
+use crate::ratelimit::RateLimitedLog;
 
 /// What the operator set for a server at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct Endpoint {
     pub check: Mutex<CheckReport>,
     /// What the certificate watch last saw here, per server name.
     pub certs: Mutex<Vec<CertReport>>,
+    /// Limits the certificate watch's log lines about this address.
+    pub cert_log: RateLimitedLog,
 }
 
 impl Endpoint {
@@ -113,6 +116,7 @@ impl Endpoint {
             connect_failures: AtomicU32::new(0),
             check: Mutex::new(CheckReport::default()),
             certs: Mutex::new(Vec::new()),
+            cert_log: RateLimitedLog::new(),
         }
     }
 

@@ -436,7 +436,10 @@ impl Validator<'_> {
         let sni = self.sni_names(backend, raw.sni);
         if let Some(e) = &raw.expect_issuer {
             if e.get_ref().trim().is_empty() {
-                self.error(&e.span(), "expect_issuer is empty; give a part of the issuer, like \"O=Let's Encrypt\"");
+                self.error(
+                    &e.span(),
+                    "expect_issuer is empty; give a part of the issuer, like \"O=Let's Encrypt\"",
+                );
             }
         }
         // A `ca` names the CA that must have signed: by default a failure takes the server
@@ -534,7 +537,9 @@ impl Validator<'_> {
             if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
                 self.error(
                     &span,
-                    format!("backend {backend:?}: sni {name:?} is not a valid server name (a DNS name or an IP address)"),
+                    format!(
+                        "backend {backend:?}: sni {name:?} is not a valid server name (a DNS name or an IP address)"
+                    ),
                 );
             } else if !seen.insert(name.to_ascii_lowercase()) {
                 self.error(&span, format!("backend {backend:?}: sni {name:?} is listed twice"));
