@@ -180,6 +180,8 @@ pub struct ServerMetrics {
     pub check_duration: Histogram,
     backend: String,
     server: String,
+    /// The names the certificate watch has published for this server.
+    cert_names: std::sync::Mutex<Vec<String>>,
 }
 
 impl ServerMetrics {
@@ -195,6 +197,7 @@ impl ServerMetrics {
             check_duration: histogram!(HEALTH_CHECK_DURATION, "backend" => b.clone(), "server" => s.clone()),
             backend: b,
             server: s,
+            cert_names: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -216,6 +219,28 @@ impl ServerMetrics {
         gauge!(SERVER_CERT_EXPIRY, &labels).set(not_after);
         gauge!(SERVER_CERT_VALID, &labels).set(if valid { 1.0 } else { 0.0 });
         gauge!(SERVER_CERT_ISSUER_EXPECTED, &labels).set(if issuer_expected { 1.0 } else { 0.0 });
+        if let Ok(mut names) = self.cert_names.lock() {
+            if !names.iter().any(|n| n == sni) {
+                names.push(sni.to_string());
+            }
+        }
+    }
+
+    pub fn cert_names(&self) -> Vec<String> {
+        self.cert_names.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// A name no longer watched (its server or the name left the config): NaN, which no
+    /// comparison and so no alert matches; the exporter cannot drop a single series.
+    pub fn cert_gone(&self, sni: &str) {
+        let labels = [
+            ("backend", self.backend.clone()),
+            ("server", self.server.clone()),
+            ("sni", sni.to_string()),
+        ];
+        for name in [SERVER_CERT_EXPIRY, SERVER_CERT_VALID, SERVER_CERT_ISSUER_EXPECTED] {
+            gauge!(name, &labels).set(f64::NAN);
+        }
     }
 
     pub fn set_state(&self, state: &str) {

@@ -489,3 +489,57 @@ fn status_page_shows_each_certificate_and_why_it_is_bad() {
         "the page names the unexpected issuer"
     );
 }
+
+#[test]
+fn a_name_dropped_by_a_reload_stops_alerting() {
+    let prod = ca("Gatehouse Prod");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &prod.pem).unwrap();
+    let s = TlsServer::start(
+        leaf(&["a.test"], &prod, VALID_UNTIL),
+        &[("b.test", leaf(&["b.test"], &prod, EXPIRED_AT))],
+    );
+    let cfg = |sni: &str| {
+        let health = format!(
+            r#"health = {{ check = "tls", sni = {sni}, ca = "{}", cert_failure = "alert", interval = "200ms", timeout = "1s" }}"#,
+            ca_file.display()
+        );
+        config(&[server("ingress", s.backend.addr)], &health, "")
+    };
+    let g = Gatehouse::start(&cfg(r#"["a.test", "b.test"]"#));
+    let admin = g.admin();
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            admin,
+            "gatehouse_server_cert_valid",
+            "ingress",
+            "b.test"
+        ) == Some(0.0)),
+        "b.test's expired certificate is reported"
+    );
+    g.reload(&cfg(r#""a.test""#));
+    let b = metric(admin, "gatehouse_server_cert_valid", "ingress", "b.test");
+    assert!(
+        b.is_some_and(f64::is_nan),
+        "b.test no longer watched reads NaN, not 0: {b:?}"
+    );
+    let b_expiry = metric(
+        admin,
+        "gatehouse_server_cert_expiry_timestamp_seconds",
+        "ingress",
+        "b.test",
+    );
+    assert!(b_expiry.is_some_and(f64::is_nan), "{b_expiry:?}");
+    assert_eq!(
+        metric(admin, "gatehouse_server_cert_valid", "ingress", "a.test"),
+        Some(1.0),
+        "a.test still watched after the reload"
+    );
+    assert_eq!(
+        certificates(admin, "ingress").len(),
+        1,
+        "{:#?}",
+        certificates(admin, "ingress")
+    );
+}
