@@ -390,8 +390,9 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// The DOM headless Chromium renders at `url`, killed after 60 s.
-fn dump_dom(bin: &Path, profile: &Path, url: &str) -> String {
+/// Runs headless Chromium on `url` with `extra` arguments (`--dump-dom`, `--screenshot=`),
+/// killed after 60 s; returns its stdout.
+fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> String {
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(bin)
         .args([
@@ -404,8 +405,8 @@ fn dump_dom(bin: &Path, profile: &Path, url: &str) -> String {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--virtual-time-budget=4000",
-            "--dump-dom",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdin(Stdio::null())
@@ -467,7 +468,8 @@ fn status_page_shows_each_certificate_and_why_it_is_bad() {
     let admin = g.admin();
     wait_for_certificates(admin, &["valid", "expired", "wrong-name", "staging"]);
     let profile = tempfile::tempdir().unwrap();
-    let dom = dump_dom(&bin, &profile.path().join("p"), &format!("http://{admin}/"));
+    let url = format!("http://{admin}/");
+    let dom = chromium(&bin, &profile.path().join("p1"), &["--dump-dom".into()], &url);
     let mut items = cert_items(&dom);
     items.sort();
     let want: Vec<(String, String, String)> = [
@@ -487,6 +489,31 @@ fn status_page_shows_each_certificate_and_why_it_is_bad() {
         dom.contains(r#"does not contain "O=Gatehouse Prod""#)
             || dom.contains("does not contain &quot;O=Gatehouse Prod&quot;"),
         "the page names the unexpected issuer"
+    );
+
+    // For a person to look at: <target>/certwatch-page.png (BIN is <target>/<profile>/gatehouse).
+    let shot = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("certwatch-page.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &bin,
+        &profile.path().join("p2"),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900".into(),
+            "--hide-scrollbars".into(),
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(png.starts_with(b"\x89PNG"), "no screenshot at {}", shot.display());
+    eprintln!(
+        "status page with certificates: {} ({} bytes)",
+        shot.display(),
+        png.len()
     );
 }
 
