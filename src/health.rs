@@ -7,6 +7,10 @@
 //! `fall` failures in a row take it down and `rise` successes bring it back. Passive
 //! failures from real traffic (see `connect.rs`) take it down too; the active check
 //! brings it back. Disabled servers are not checked.
+//!
+//! `tls` and `https` checks also feed the certificate watch (`certwatch.rs`): one
+//! handshake per watched name, what each was shown filed on the endpoint and published
+//! per server and name; a bad certificate fails the check only with `cert_failure = "down"`.
 
 use std::collections::HashMap;
 use std::io;
@@ -173,7 +177,8 @@ fn tls(t: &TlsCheck) -> Result<Tls, String> {
 
 impl Tls {
     /// A connector for one handshake, with the verifier that watches its certificate.
-    /// Built per handshake (cheap next to the handshake) so that each records its own chain.
+    /// Built per handshake (cheap next to the handshake) so that each records its own
+    /// chain, and so that no session is ever resumed: a resumed one shows no certificate.
     fn connector(&self) -> Result<(tokio_rustls::TlsConnector, Arc<Watching>), String> {
         let watching = self.watch.watching();
         let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
