@@ -271,6 +271,13 @@ fn each_certificate_is_judged_in_metrics_and_status_and_the_server_stays_up_by_d
             "{name} with cert_failure = alert"
         );
     }
+    // Seen afresh on every check (no resumed session hides it): checked_at moves on.
+    let at = |c: &[serde_json::Value]| c[0]["checked_at"].as_f64().unwrap_or_default();
+    let first = at(&certificates(admin, "valid"));
+    assert!(
+        wait_until(Duration::from_secs(5), || at(&certificates(admin, "valid")) > first),
+        "checked_at stayed at {first} for 5 s with a 200 ms interval"
+    );
     assert!(
         g.log()
             .contains("certificate of pool/expired for ingress.test is not valid: expired"),
