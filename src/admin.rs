@@ -15,6 +15,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
 
+use crate::certwatch::CertReport;
 use crate::config::ReadyWhen;
 use crate::control::Control;
 use crate::runtime::{AdminState, Server, Snapshot};
@@ -355,6 +356,28 @@ fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
             "up": e.is_up(),
             "active": e.active.load(Ordering::Relaxed),
         })).collect::<Vec<_>>(),
+        "certificates": endpoints.iter().flat_map(|e| {
+            let certs = e.certs.lock().map(|c| c.clone()).unwrap_or_default();
+            certs.into_iter().map(move |c| certificate_status(e.addr, c))
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// What the certificate watch last saw for one name at one address.
+fn certificate_status(addr: SocketAddr, c: CertReport) -> Value {
+    json!({
+        "sni": c.sni,
+        "endpoint": addr.to_string(),
+        "valid": c.valid,
+        "reason": c.reason,
+        "subject": c.subject,
+        "names": c.names,
+        "issuer": c.issuer,
+        "issuer_expected": c.issuer_expected,
+        "not_before": c.not_before,
+        "not_after": c.not_after,
+        "chain_length": c.chain_len,
+        "checked_at": c.checked_at,
     })
 }
 

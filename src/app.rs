@@ -215,8 +215,14 @@ impl App {
         for s in &changes.removed {
             s.retire();
             // Its series end, unless a server of the same name took its place.
-            if snapshot.server(&s.backend, &s.name).is_none() {
+            let successor = snapshot.server(&s.backend, &s.name);
+            if successor.is_none() {
                 s.metrics.set_state("removed");
+            }
+            // Certificates no longer watched stop alerting (a successor checked its own).
+            let watched = successor.map(|n| n.metrics.cert_names()).unwrap_or_default();
+            for sni in s.metrics.cert_names().iter().filter(|n| !watched.contains(n)) {
+                s.metrics.cert_gone(sni);
             }
         }
         self.snapshot.store(Arc::new(snapshot));

@@ -7,6 +7,10 @@
 //! `fall` failures in a row take it down and `rise` successes bring it back. Passive
 //! failures from real traffic (see `connect.rs`) take it down too; the active check
 //! brings it back. Disabled servers are not checked.
+//!
+//! `tls` and `https` checks also feed the certificate watch (`certwatch.rs`): one
+//! handshake per watched name, what each was shown filed on the endpoint and published
+//! per server and name; a bad certificate fails the check only with `cert_failure = "down"`.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,8 +22,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
+use crate::certwatch::{self, CertReport, Watch, Watching};
 use crate::clock::unix_now;
-use crate::config::{CheckKind, HealthConfig, Host, HttpCheck, ProxyVersion, TlsCheck};
+use crate::config::{CertFailure, CheckKind, HealthConfig, Host, HttpCheck, ProxyVersion, TlsCheck};
 use crate::connect::{connect_one, ConnectError};
 use crate::edge::proxy_protocol;
 use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
@@ -105,8 +110,10 @@ enum PreparedKind {
 }
 
 struct Tls {
-    connector: tokio_rustls::TlsConnector,
-    sni: Option<String>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    watch: Arc<Watch>,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    sni: Vec<String>,
 }
 
 struct Http {
@@ -137,29 +144,13 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
 
 fn tls(t: &TlsCheck) -> Result<Tls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
-    let builder = match &t.ca {
-        Some(ca) => {
-            let pem = read_pem(ca, "ca")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("health check ca {}: {e}", ca.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("health check ca {}: {e}", ca.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("health check ca {} holds no certificate", ca.display()));
-            }
-            builder.with_root_certificates(roots)
-        }
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
-    };
-    let config = match (&t.cert, &t.key) {
+    let watch = Watch::new(
+        provider.clone(),
+        t.ca.as_deref(),
+        t.cert_failure == CertFailure::Down,
+        t.expect_issuer.clone(),
+    )?;
+    let client_auth = match (&t.cert, &t.key) {
         (Some(cert), Some(key)) => {
             let cert_pem = read_pem(cert, "cert")?;
             let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
@@ -172,55 +163,59 @@ fn tls(t: &TlsCheck) -> Result<Tls, String> {
             let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
                 .map_err(|e| format!("health check key {}: {e}", key.display()))?
                 .ok_or_else(|| format!("health check key {} holds no private key", key.display()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("health check cert/key: {e}"))?
+            Some((certs, key))
         }
-        _ => builder.with_no_client_auth(),
+        _ => None,
     };
-    Ok(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+    let tls = Tls {
+        provider,
+        watch: Arc::new(watch),
+        client_auth,
         sni: t.sni.clone(),
-    })
+    };
+    // A key that does not fit its certificate fails the reload, not every check.
+    tls.connector()?;
+    Ok(tls)
 }
 
-/// Without a `ca`, the server's certificate is not verified (documented): the check
-/// asks "is it serving?", not "is it who it claims?".
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+impl Tls {
+    /// A connector for one handshake, with the verifier that watches its certificate.
+    /// Built per handshake (cheap next to the handshake) so that each records its own
+    /// chain, and so that no session is ever resumed: a resumed one shows no certificate.
+    fn connector(&self) -> Result<(tokio_rustls::TlsConnector, Arc<Watching>), String> {
+        let watching = self.watch.watching();
+        let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(watching.clone());
+        let config = match &self.client_auth {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| format!("health check cert/key: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), watching))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+    /// The names to shake hands with, each with the label its certificate is filed under:
+    /// the `sni` list, else the server's host name, else (IP servers) its address.
+    fn names(&self, host: &Host, addr: SocketAddr) -> Result<Vec<(String, ServerName<'static>)>, CheckFailure> {
+        let invalid = |e: rustls::pki_types::InvalidDnsNameError| CheckFailure {
+            reason: "tls",
+            detail: format!("invalid TLS server name: {e}"),
+        };
+        if !self.sni.is_empty() {
+            return self
+                .sni
+                .iter()
+                .map(|s| Ok((s.clone(), ServerName::try_from(s.clone()).map_err(invalid)?)))
+                .collect();
+        }
+        Ok(vec![match host {
+            Host::Name(n) => (n.clone(), ServerName::try_from(n.clone()).map_err(invalid)?),
+            Host::Ip(_) => (addr.ip().to_string(), ServerName::IpAddress(addr.ip().into())),
+        }])
     }
 }
 
@@ -238,8 +233,18 @@ impl Prepared {
 
     /// Runs one check of `endpoint` of a server named by `host`.
     pub async fn run(&self, host: &Host, endpoint: SocketAddr) -> Result<String, CheckFailure> {
+        self.run_watched(host, endpoint, &mut Vec::new()).await
+    }
+
+    /// Like [`Prepared::run`], and adds the certificates its handshakes were shown to `certs`.
+    pub async fn run_watched(
+        &self,
+        host: &Host,
+        endpoint: SocketAddr,
+        certs: &mut Vec<CertReport>,
+    ) -> Result<String, CheckFailure> {
         let addr = SocketAddr::new(endpoint.ip(), self.port.unwrap_or(endpoint.port()));
-        match tokio::time::timeout(self.timeout, self.run_inner(host, addr)).await {
+        match tokio::time::timeout(self.timeout, self.run_inner(host, addr, certs)).await {
             Ok(r) => r,
             Err(_) => Err(CheckFailure {
                 reason: "timeout",
@@ -258,10 +263,31 @@ impl Prepared {
         }
     }
 
-    async fn run_inner(&self, host: &Host, addr: SocketAddr) -> Result<String, CheckFailure> {
+    async fn run_inner(
+        &self,
+        host: &Host,
+        addr: SocketAddr,
+        certs: &mut Vec<CertReport>,
+    ) -> Result<String, CheckFailure> {
         if let PreparedKind::None = self.kind {
             return Ok("not checked".into());
         }
+        let stream = self.connect(addr).await?;
+        match &self.kind {
+            PreparedKind::None | PreparedKind::Tcp => Ok(format!("tcp connect to {addr} succeeded")),
+            PreparedKind::Tls(t) => {
+                let _tls = self.handshakes(t, host, addr, stream, certs).await?;
+                Ok(format!("tls handshake with {addr} succeeded"))
+            }
+            PreparedKind::Http(h) => http(h, "http", host, addr, stream).await,
+            PreparedKind::Https(h, t) => {
+                let tls = self.handshakes(t, host, addr, stream, certs).await?;
+                http(h, "https", host, addr, tls).await
+            }
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, CheckFailure> {
         let stream = connect_one(addr, self.timeout, None).await.map_err(|e| CheckFailure {
             reason: match e {
                 ConnectError::Refused => "refused",
@@ -271,24 +297,54 @@ impl Prepared {
             },
             detail: format!("{} connect to {addr}: {e}", self.name()),
         })?;
-        let stream = match self.send_proxy {
+        match self.send_proxy {
             Some(version) => send_proxy(stream, version).await.map_err(|e| CheckFailure {
                 reason: "error",
                 detail: format!("{} check to {addr}: writing the PROXY header: {e}", self.name()),
-            })?,
-            None => stream,
-        };
-        match &self.kind {
-            PreparedKind::None | PreparedKind::Tcp => Ok(format!("tcp connect to {addr} succeeded")),
-            PreparedKind::Tls(t) => {
-                let _tls = handshake(t, host, addr, stream).await?;
-                Ok(format!("tls handshake with {addr} succeeded"))
+            }),
+            None => Ok(stream),
+        }
+    }
+
+    /// One handshake per server name, the first on `stream` (the one an https check
+    /// asks over), the others on connections of their own. Every name is watched even
+    /// when one fails; the first failure is the check's.
+    async fn handshakes(
+        &self,
+        t: &Tls,
+        host: &Host,
+        addr: SocketAddr,
+        stream: tokio::net::TcpStream,
+        certs: &mut Vec<CertReport>,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, CheckFailure> {
+        let names = t.names(host, addr)?;
+        let mut first = None;
+        let mut failure = None;
+        let mut stream = Some(stream);
+        for name in &names {
+            let tcp = match stream.take() {
+                Some(s) => Ok(s),
+                None => self.connect(addr).await,
+            };
+            let result = match tcp {
+                Ok(tcp) => handshake(t, name, addr, tcp, certs).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(tls) if first.is_none() => first = Some(tls),
+                Ok(_) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
-            PreparedKind::Http(h) => http(h, "http", host, addr, stream).await,
-            PreparedKind::Https(h, t) => {
-                let tls = handshake(t, host, addr, stream).await?;
-                http(h, "https", host, addr, tls).await
-            }
+        }
+        match (failure, first) {
+            (None, Some(tls)) => Ok(tls),
+            (Some(e), _) => Err(e),
+            (None, None) => Err(CheckFailure {
+                reason: "tls",
+                detail: "no server name to shake hands with".into(),
+            }),
         }
     }
 }
@@ -311,23 +367,33 @@ async fn send_proxy(
 
 async fn handshake(
     t: &Tls,
-    host: &Host,
+    (label, name): &(String, ServerName<'static>),
     addr: SocketAddr,
     stream: tokio::net::TcpStream,
+    certs: &mut Vec<CertReport>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, CheckFailure> {
-    let name = match (&t.sni, host) {
-        (Some(sni), _) => ServerName::try_from(sni.clone()),
-        (None, Host::Name(n)) => ServerName::try_from(n.clone()),
-        (None, Host::Ip(_)) => Ok(ServerName::IpAddress(addr.ip().into())),
-    }
-    .map_err(|e| CheckFailure {
+    let (connector, watching) = t.connector().map_err(|detail| CheckFailure { reason: "tls", detail })?;
+    let result = connector.connect(name.clone(), stream).await;
+    let report = watching.report(label);
+    let refused = match &report {
+        Some(r) if !r.valid && t.watch.enforce => Some(CheckFailure {
+            reason: "certificate",
+            detail: format!(
+                "certificate for {label} at {addr}: {}",
+                r.reason.as_deref().unwrap_or("not valid")
+            ),
+        }),
+        _ => None,
+    };
+    certs.extend(report);
+    let tls = result.map_err(|e| CheckFailure {
         reason: "tls",
-        detail: format!("invalid TLS server name: {e}"),
+        detail: format!("tls handshake with {addr} for {label} failed: {e}"),
     })?;
-    t.connector.connect(name, stream).await.map_err(|e| CheckFailure {
-        reason: "tls",
-        detail: format!("tls handshake with {addr} failed: {e}"),
-    })
+    match refused {
+        Some(f) => Err(f),
+        None => Ok(tls),
+    }
 }
 
 async fn http<S: AsyncRead + AsyncWrite + Unpin>(
@@ -420,8 +486,12 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         return;
     }
     let started = Instant::now();
-    let result = check.run(&server.host, endpoint.addr).await;
+    let mut certs = Vec::new();
+    let result = check.run_watched(&server.host, endpoint.addr, &mut certs).await;
     let took = started.elapsed();
+    if !certs.is_empty() {
+        watched(server, endpoint, certs);
+    }
     server.metrics.check_duration.record(took.as_secs_f64());
     if let Ok(mut report) = endpoint.check.lock() {
         *report = CheckReport {
@@ -445,6 +515,54 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         }
         // The first check confirmed the state it started in.
         None => server.decided(what),
+    }
+}
+
+/// Files what the certificate watch saw at `endpoint` and publishes the server-wide view
+/// of each name (earliest expiry, valid only if valid at every address).
+fn watched(server: &Server, endpoint: &Endpoint, certs: Vec<CertReport>) {
+    if let Ok(mut mine) = endpoint.certs.lock() {
+        let changed: Vec<&CertReport> = certs
+            .iter()
+            .filter(|c| {
+                let before = mine.iter().find(|o| o.sni == c.sni);
+                before.map(|b| (b.valid, &b.reason)) != Some((c.valid, &c.reason))
+            })
+            .collect();
+        // One check's changes are logged together, at most once a second per address
+        // (a certificate that flips with every check cannot flood the journal).
+        if !changed.is_empty() {
+            if let Some(suppressed) = endpoint.cert_log.admit() {
+                for c in changed {
+                    log_certificate(server, endpoint, c, suppressed);
+                }
+            }
+        }
+        certwatch::merge(&mut mine, certs);
+    }
+    let endpoints = server.endpoints();
+    let all: Vec<CertReport> = endpoints
+        .iter()
+        .filter_map(|e| e.certs.lock().ok().map(|c| c.clone()))
+        .flatten()
+        .collect();
+    for s in certwatch::summarize(&all) {
+        server
+            .metrics
+            .cert_seen(&s.sni, s.not_after as f64, s.valid, s.issuer_expected);
+    }
+}
+
+/// A certificate first seen, or whose verdict changed.
+fn log_certificate(server: &Server, endpoint: &Endpoint, c: &CertReport, suppressed: u64) {
+    let expires = c.not_after;
+    if c.valid {
+        tracing::info!(backend = %server.backend, server = %server.name, sni = %c.sni, endpoint = %endpoint.addr,
+            issuer = %c.issuer, not_after = expires, suppressed, "certificate of {} for {} is valid", server.label(), c.sni);
+    } else {
+        tracing::warn!(backend = %server.backend, server = %server.name, sni = %c.sni, endpoint = %endpoint.addr,
+            issuer = %c.issuer, not_after = expires, suppressed, "certificate of {} for {} is not valid: {}",
+            server.label(), c.sni, c.reason.as_deref().unwrap_or_default());
     }
 }
 

@@ -10,12 +10,13 @@
 //!
 //! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
 //! `admin`, `control`, `listener`, `proxy`, `forward`, `health`, `resolve`, `connect`,
-//! `runtime`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
+//! `runtime`, `certwatch`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
 //! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse.
 
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod certwatch;
 pub mod clock;
 pub mod config;
 pub mod connect;

@@ -27,6 +27,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "gatehouse_config_last_reload_succe
 pub const BUILD_INFO: &str = "gatehouse_build_info";
 pub const CONNECTION_DURATION: &str = "gatehouse_connection_duration_seconds";
 pub const CONNECTIONS_CLOSED: &str = "gatehouse_connections_closed_total";
+pub const SERVER_CERT_EXPIRY: &str = "gatehouse_server_cert_expiry_timestamp_seconds";
+pub const SERVER_CERT_VALID: &str = "gatehouse_server_cert_valid";
+pub const SERVER_CERT_ISSUER_EXPECTED: &str = "gatehouse_server_cert_issuer_expected";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -99,6 +102,19 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         "Forwarded connections ended, by reason (the close log's `end`)."
+    );
+    describe_gauge!(
+        SERVER_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the certificate a server presents for a name expires (earliest over its addresses)."
+    );
+    describe_gauge!(
+        SERVER_CERT_VALID,
+        "1 when a server's certificate for a name is valid (name, dates, chain, issuer), else 0."
+    );
+    describe_gauge!(
+        SERVER_CERT_ISSUER_EXPECTED,
+        "1 when a server's certificate for a name has the expected issuer (or none is expected), else 0."
     );
 }
 
@@ -203,6 +219,8 @@ pub struct ServerMetrics {
     pub check_duration: Histogram,
     backend: String,
     server: String,
+    /// The names the certificate watch has published for this server.
+    cert_names: std::sync::Mutex<Vec<String>>,
 }
 
 impl ServerMetrics {
@@ -218,6 +236,7 @@ impl ServerMetrics {
             check_duration: histogram!(HEALTH_CHECK_DURATION, "backend" => b.clone(), "server" => s.clone()),
             backend: b,
             server: s,
+            cert_names: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -226,6 +245,41 @@ impl ServerMetrics {
     pub fn check_failed(&self, reason: &'static str) {
         counter!(HEALTH_CHECK_FAILURES, "backend" => self.backend.clone(), "server" => self.server.clone(), "reason" => reason)
             .increment(1);
+    }
+
+    /// What the certificate watch saw for `sni`: looked up by label, once per check of
+    /// a `tls` or `https` check, off the data path.
+    pub fn cert_seen(&self, sni: &str, not_after: f64, valid: bool, issuer_expected: bool) {
+        let labels = [
+            ("backend", self.backend.clone()),
+            ("server", self.server.clone()),
+            ("sni", sni.to_string()),
+        ];
+        gauge!(SERVER_CERT_EXPIRY, &labels).set(not_after);
+        gauge!(SERVER_CERT_VALID, &labels).set(if valid { 1.0 } else { 0.0 });
+        gauge!(SERVER_CERT_ISSUER_EXPECTED, &labels).set(if issuer_expected { 1.0 } else { 0.0 });
+        if let Ok(mut names) = self.cert_names.lock() {
+            if !names.iter().any(|n| n == sni) {
+                names.push(sni.to_string());
+            }
+        }
+    }
+
+    pub fn cert_names(&self) -> Vec<String> {
+        self.cert_names.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// A name no longer watched (its server or the name left the config): NaN, which no
+    /// comparison and so no alert matches; the exporter cannot drop a single series.
+    pub fn cert_gone(&self, sni: &str) {
+        let labels = [
+            ("backend", self.backend.clone()),
+            ("server", self.server.clone()),
+            ("sni", sni.to_string()),
+        ];
+        for name in [SERVER_CERT_EXPIRY, SERVER_CERT_VALID, SERVER_CERT_ISSUER_EXPECTED] {
+            gauge!(name, &labels).set(f64::NAN);
+        }
     }
 
     pub fn set_state(&self, state: &str) {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::clock::millis_since_start;
 
 /// One rate limit: at most one line a second.
+#[derive(Debug)]
 pub struct RateLimitedLog {
     last_ms: AtomicU64,
     suppressed: AtomicU64,

@@ -17,12 +17,14 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{self, Candidate, Picker};
+use crate::certwatch::CertReport;
 use crate::clock::{millis_since_start, unix_now};
 use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, ListenerConfig, ServerConfig};
 use crate::edge::admission::Admission;
 use crate::edge::sni::SniRoutes;
 use crate::edge::source_rules::SourceRules;
 use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
+use crate::ratelimit::RateLimitedLog;
 
 /// What the operator set for a server at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,10 @@ pub struct Endpoint {
     /// Consecutive failed connects from real traffic (passive health).
     pub connect_failures: AtomicU32,
     pub check: Mutex<CheckReport>,
+    /// What the certificate watch last saw here, per server name.
+    pub certs: Mutex<Vec<CertReport>>,
+    /// Limits the certificate watch's log lines about this address.
+    pub cert_log: RateLimitedLog,
 }
 
 impl Endpoint {
@@ -113,6 +119,8 @@ impl Endpoint {
             active: AtomicU32::new(0),
             connect_failures: AtomicU32::new(0),
             check: Mutex::new(CheckReport::default()),
+            certs: Mutex::new(Vec::new()),
+            cert_log: RateLimitedLog::new(),
         }
     }
 

@@ -366,11 +366,36 @@ impl CheckKind {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TlsCheck {
-    pub sni: Option<String>,
-    /// Without a CA the server's certificate is not verified.
+    /// The names sent; empty: the server's host name. Each gets a handshake of its own
+    /// and its certificate watched.
+    pub sni: Vec<String>,
+    /// Without a CA the server's certificate is watched against the system roots.
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// A substring the certificate's issuer must hold (catches staging or self-signed).
+    pub expect_issuer: Option<String>,
+    pub cert_failure: CertFailure,
+}
+
+/// What a certificate that fails the watch does to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertFailure {
+    /// Metrics, status and alerts say so; the server stays in rotation.
+    #[default]
+    Alert,
+    /// The check fails: the server goes down after `fall` checks.
+    Down,
+}
+
+impl CertFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertFailure::Alert => "alert",
+            CertFailure::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Forwarding, LogFormat, OnDown, ProxyVersion, ReadyWhen};
+use super::{Balance, CertFailure, Forwarding, LogFormat, OnDown, ProxyVersion, ReadyWhen};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -154,11 +154,14 @@ pub(super) struct RawHealth {
     pub(super) host: Option<S<String>>,
     pub(super) expect: Option<S<Expect>>,
     pub(super) body: Option<S<String>>,
-    pub(super) sni: Option<S<String>>,
+    /// One name or a list, taken apart by hand like `bind`.
+    pub(super) sni: Option<S<toml::Value>>,
     pub(super) ca: Option<S<PathBuf>>,
     pub(super) cert: Option<S<PathBuf>>,
     pub(super) key: Option<S<PathBuf>>,
     pub(super) send_proxy: Option<S<bool>>,
+    pub(super) expect_issuer: Option<S<String>>,
+    pub(super) cert_failure: Option<S<CertFailure>>,
 }
 
 #[derive(Deserialize)]

@@ -344,3 +344,60 @@ proptest::proptest! {
         }
     }
 }
+
+fn tls_check(health: &str) -> TlsCheck {
+    let c = parse(&format!("{MINIMAL}health = {health}\n")).unwrap();
+    match &c.backends[0].health.check {
+        CheckKind::Tls(t) | CheckKind::Https(_, t) => t.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sni_is_one_name_or_a_list_and_each_is_a_server_name() {
+    assert_eq!(
+        tls_check(r#"{ check = "tls", sni = "kubernetes" }"#).sni,
+        ["kubernetes"]
+    );
+    assert_eq!(
+        tls_check(r#"{ check = "tls", sni = ["a.example", "b.example"] }"#).sni,
+        ["a.example", "b.example"]
+    );
+    assert!(tls_check(r#"{ check = "tls" }"#).sni.is_empty());
+    for (bad, says) in [
+        (r#"sni = []"#, "non-empty list"),
+        (r#"sni = 3"#, "non-empty list"),
+        (r#"sni = ["a.example", "A.example"]"#, "listed twice"),
+        (r#"sni = "not a name!""#, "not a valid server name"),
+    ] {
+        let errors = parse(&format!("{MINIMAL}health = {{ check = \"tls\", {bad} }}\n")).unwrap_err();
+        assert!(errors[0].message.contains(says), "{bad}: {errors:?}");
+    }
+}
+
+#[test]
+fn a_bad_certificate_takes_a_server_down_by_default_only_with_a_ca() {
+    let t = tls_check(r#"{ check = "https", sni = "gallade.home.arpa", expect_issuer = "O=Let's Encrypt" }"#);
+    assert_eq!(t.cert_failure, CertFailure::Alert);
+    assert_eq!(t.expect_issuer.as_deref(), Some("O=Let's Encrypt"));
+    assert_eq!(
+        tls_check(r#"{ check = "tls", ca = "ca.pem" }"#).cert_failure,
+        CertFailure::Down
+    );
+    let t = tls_check(r#"{ check = "tls", ca = "ca.pem", cert_failure = "alert" }"#);
+    assert_eq!(t.cert_failure, CertFailure::Alert);
+    let t = tls_check(r#"{ check = "tls", cert_failure = "down" }"#);
+    assert_eq!(t.cert_failure, CertFailure::Down);
+    for bad in [
+        r#"check = "tcp", cert_failure = "down""#,
+        r#"check = "http", expect_issuer = "x""#,
+    ] {
+        let errors = parse(&format!("{MINIMAL}health = {{ {bad} }}\n")).unwrap_err();
+        assert!(errors[0].message.contains("does not apply"), "{bad}: {errors:?}");
+    }
+    let errors = parse(&format!(
+        "{MINIMAL}health = {{ check = \"tls\", cert_failure = \"panic\" }}\n"
+    ))
+    .unwrap_err();
+    assert!(errors[0].message.contains("alert"), "{errors:?}");
+}

@@ -516,7 +516,7 @@ impl Validator<'_> {
         let is_http = matches!(kind, "http" | "https");
         let is_tls = matches!(kind, "tls" | "https");
         // Keys that only make sense for some kinds are errors elsewhere, not silently unused.
-        let misplaced: [(&str, Option<Range<usize>>, bool); 8] = [
+        let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
             ("path", raw.path.as_ref().map(|v| v.span()), is_http),
             ("host", raw.host.as_ref().map(|v| v.span()), is_http),
             ("expect", raw.expect.as_ref().map(|v| v.span()), is_http),
@@ -525,6 +525,8 @@ impl Validator<'_> {
             ("ca", raw.ca.as_ref().map(|v| v.span()), is_tls),
             ("cert", raw.cert.as_ref().map(|v| v.span()), kind == "https"),
             ("key", raw.key.as_ref().map(|v| v.span()), kind == "https"),
+            ("expect_issuer", raw.expect_issuer.as_ref().map(|v| v.span()), is_tls),
+            ("cert_failure", raw.cert_failure.as_ref().map(|v| v.span()), is_tls),
         ];
         for (key, span, allowed) in misplaced {
             if let (Some(span), false) = (span, allowed) {
@@ -541,11 +543,29 @@ impl Validator<'_> {
                 format!("backend {backend:?}: health cert and key go together; give both"),
             );
         }
+        let sni = self.sni_names(backend, raw.sni);
+        if let Some(e) = &raw.expect_issuer {
+            if e.get_ref().trim().is_empty() {
+                self.error(
+                    &e.span(),
+                    "expect_issuer is empty; give a part of the issuer, like \"O=Let's Encrypt\"",
+                );
+            }
+        }
+        // A `ca` names the CA that must have signed: by default a failure takes the server
+        // down, as it always did; without one, the watch only reports.
+        let cert_failure = match &raw.cert_failure {
+            Some(c) => *c.get_ref(),
+            None if raw.ca.is_some() => CertFailure::Down,
+            None => CertFailure::Alert,
+        };
         let tls = TlsCheck {
-            sni: raw.sni.map(|s| s.into_inner()),
+            sni,
             ca: raw.ca.map(|s| s.into_inner()),
             cert: raw.cert.map(|s| s.into_inner()),
             key: raw.key.map(|s| s.into_inner()),
+            expect_issuer: raw.expect_issuer.map(|s| s.into_inner()),
+            cert_failure,
         };
         let expect = match &raw.expect {
             None => vec![200],
@@ -604,5 +624,38 @@ impl Validator<'_> {
             send_proxy: None,
         };
         h
+    }
+
+    /// `sni = "name"` or `sni = ["a", "b"]`: server names (or IP addresses), no repeats.
+    fn sni_names(&mut self, backend: &str, raw: Option<S<toml::Value>>) -> Vec<String> {
+        let Some(raw) = raw else { return Vec::new() };
+        let span = raw.span();
+        let names: Vec<String> = match raw.into_inner() {
+            toml::Value::String(s) => vec![s],
+            toml::Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_str()) => {
+                a.into_iter().filter_map(|v| v.as_str().map(String::from)).collect()
+            }
+            _ => {
+                self.error(
+                    &span,
+                    format!("backend {backend:?}: sni must be a server name or a non-empty list of them"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut seen = HashSet::new();
+        for name in &names {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.error(
+                    &span,
+                    format!(
+                        "backend {backend:?}: sni {name:?} is not a valid server name (a DNS name or an IP address)"
+                    ),
+                );
+            } else if !seen.insert(name.to_ascii_lowercase()) {
+                self.error(&span, format!("backend {backend:?}: sni {name:?} is listed twice"));
+            }
+        }
+        names
     }
 }
