@@ -22,7 +22,7 @@ use crate::runtime::{AdminState, Server, Snapshot};
 
 const MAX_REQUEST: usize = 16 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CLIENTS: usize = 64;
+const MAX_CLIENTS: usize = crate::control::ADMIN_MAX_CLIENTS;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 /// Binds the admin listener and serves it until dropped.
@@ -38,8 +38,13 @@ pub fn start(addr: SocketAddr, app: Weak<dyn Control>) -> std::io::Result<AdminH
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Counted, logged at most once a second, and a pause: never a spin.
+                    crate::listener::accept_failed("admin listener", &e).await;
+                    continue;
+                }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::debug!(%peer, "admin: too many clients at once; closing");

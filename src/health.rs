@@ -222,6 +222,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 }
 
 /// Why a check failed: a short label for metrics, a sentence for logs.
+/// The `reason` of a check that could not run for want of gatehouse's own resources
+/// (descriptors, memory, ports): neither a success nor a failure of the server.
+pub const LOCAL_FAILURE: &str = "local";
+
+static LOCAL_FAILURE_LOG: crate::ratelimit::RateLimitedLog = crate::ratelimit::RateLimitedLog::new();
+
 #[derive(Debug)]
 pub struct CheckFailure {
     pub reason: &'static str,
@@ -265,6 +271,10 @@ impl Prepared {
                 ConnectError::Timeout(_) => "timeout",
                 ConnectError::Unreachable(_) => "unreachable",
                 ConnectError::Other(_) => "error",
+                ConnectError::Local(_, reason) => {
+                    crate::metrics::local_error(1, reason);
+                    LOCAL_FAILURE
+                }
             },
             detail: format!("{} connect to {addr}: {e}", self.name()),
         })?;
@@ -405,6 +415,14 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         };
     }
     let ok = result.is_ok();
+    if let Some(f) = result.as_ref().err().filter(|f| f.reason == LOCAL_FAILURE) {
+        // Counted in gatehouse_local_errors_total{op="check"}; rise and fall see nothing.
+        if let Some(suppressed) = LOCAL_FAILURE_LOG.admit() {
+            tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
+                "check not run, gatehouse itself is short of resources: {}", f.detail);
+        }
+        return;
+    }
     if let Err(f) = &result {
         server.metrics.check_failed(f.reason);
         tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, "check failed: {}", f.detail);

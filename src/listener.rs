@@ -6,10 +6,16 @@
 //! removed ones; connections accepted on a closed socket carry on to their end. Each
 //! accept loop reads its listener from an `ArcSwap`, so a reload that points an address
 //! at another backend takes effect on the next accept.
+//!
+//! Every accept loop takes a place under one [`Ceiling`] (the connection ceiling the
+//! open-file limit allows, see `edge::fd_budget`) before it accepts: at the ceiling the
+//! loops stop accepting until a connection closes, and clients wait in the kernel's
+//! backlog instead of being accepted into a process that cannot serve them.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +25,141 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::proxy::{self, Connections, Settings};
+use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{Listener, Snapshot};
 
 const BACKLOG: i32 = 4096;
+
+/// How many client connections may be open at once, over every listener, and how many
+/// are: the accept loops take a place before each accept and give it back when the
+/// connection ends.
+pub struct Ceiling {
+    max: AtomicUsize,
+    open: AtomicUsize,
+    freed: tokio::sync::Notify,
+    /// Since when (ms since start, +1 so that 0 means "not paused") the ceiling is reached.
+    paused_since_ms: AtomicU64,
+    paused_total_ms: AtomicU64,
+    metrics: CeilingMetrics,
+}
+
+struct CeilingMetrics {
+    max: metrics::Gauge,
+    open: metrics::Gauge,
+    paused: metrics::Gauge,
+}
+
+/// A place under the ceiling, given back on drop.
+pub struct Place(Arc<Ceiling>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let c = &self.0;
+        let was = c.open.fetch_sub(1, Ordering::AcqRel);
+        c.metrics.open.set((was - 1) as f64);
+        let since = c.paused_since_ms.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            let ms = (crate::clock::millis_since_start() + 1).saturating_sub(since);
+            let total = c.paused_total_ms.fetch_add(ms, Ordering::AcqRel) + ms;
+            c.metrics.paused.set(total as f64 / 1000.0);
+        }
+        c.freed.notify_waiters();
+    }
+}
+
+static CEILING_LOG: RateLimitedLog = RateLimitedLog::new();
+
+impl Ceiling {
+    pub fn new(max: usize) -> Arc<Ceiling> {
+        let metrics = CeilingMetrics {
+            max: metrics::gauge!(crate::metrics::CONNECTIONS_MAX),
+            open: metrics::gauge!(crate::metrics::CONNECTIONS_OPEN),
+            paused: metrics::gauge!(crate::metrics::ACCEPT_PAUSED),
+        };
+        metrics.max.set(max as f64);
+        metrics.open.set(0.0);
+        metrics.paused.set(0.0);
+        Arc::new(Ceiling {
+            max: AtomicUsize::new(max.max(1)),
+            open: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            paused_since_ms: AtomicU64::new(0),
+            paused_total_ms: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Changes the ceiling (at a reload); connections above a lowered one carry on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Release);
+        self.metrics.max.set(max.max(1) as f64);
+        self.freed.notify_waiters();
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Time spent at the ceiling, not accepting, so far.
+    pub fn paused(&self) -> Duration {
+        let mut ms = self.paused_total_ms.load(Ordering::Acquire);
+        let since = self.paused_since_ms.load(Ordering::Acquire);
+        if since != 0 {
+            ms += (crate::clock::millis_since_start() + 1).saturating_sub(since);
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Place> {
+        let max = self.max();
+        let mut open = self.open.load(Ordering::Acquire);
+        loop {
+            if open >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.metrics.open.set((open + 1) as f64);
+                    return Some(Place(self.clone()));
+                }
+                Err(now) => open = now,
+            }
+        }
+    }
+
+    /// Waits for a place under the ceiling.
+    pub async fn take(self: &Arc<Self>) -> Place {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.try_take() {
+                return p;
+            }
+            let now = crate::clock::millis_since_start() + 1;
+            if self
+                .paused_since_ms
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if let Some(suppressed) = CEILING_LOG.admit() {
+                    tracing::warn!(max = self.max(), suppressed,
+                        "at the connection ceiling ({} open): not accepting until one closes; new clients wait in the backlog",
+                        self.max());
+                }
+            }
+            freed.await;
+        }
+    }
+}
 
 /// A bind address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +237,7 @@ impl Listeners {
         snapshot: &Snapshot,
         settings: Settings,
         conns: &Arc<Connections>,
+        ceiling: &Arc<Ceiling>,
     ) -> Result<(), BindError> {
         let mut fresh: HashMap<SocketAddr, Vec<std::net::TcpListener>> = HashMap::new();
         for l in &snapshot.listeners {
@@ -167,6 +306,7 @@ impl Listeners {
                         listener.clone(),
                         settings.clone(),
                         conns.clone(),
+                        ceiling.clone(),
                     ))),
                     Err(e) => tracing::error!(%addr, "cannot register socket: {e}"),
                 }
@@ -211,7 +351,7 @@ impl Listeners {
 }
 
 /// How many sockets share each address (SO_REUSEPORT), spreading accepts over cores.
-fn accept_sockets() -> usize {
+pub fn accept_sockets() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
 }
 
@@ -247,29 +387,45 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     Ok(socket.into())
 }
 
+static ACCEPT_ERROR_LOG: RateLimitedLog = RateLimitedLog::new();
+
+/// Notes a failed accept (metric, rate-limited log) and waits a moment when the cause is
+/// a shortage (descriptors, memory) that retrying at once would only spin on.
+pub async fn accept_failed(what: &str, e: &io::Error) {
+    let local = crate::metrics::local_reason(e);
+    if let Some(reason) = local {
+        crate::metrics::local_error(2, reason);
+    }
+    if let Some(suppressed) = ACCEPT_ERROR_LOG.admit() {
+        tracing::error!(suppressed, "{what}: accept failed: {e}");
+    }
+    let pause = if local.is_some() { 100 } else { 10 };
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
 async fn accept_loop(
     socket: TcpListener,
     listener: Arc<ArcSwap<Listener>>,
     settings: Arc<ArcSwap<Settings>>,
     conns: Arc<Connections>,
+    ceiling: Arc<Ceiling>,
 ) {
     loop {
+        let place = ceiling.take().await;
         match socket.accept().await {
             Ok((stream, peer)) => {
                 let l = listener.load_full();
                 let s = **settings.load();
-                tokio::spawn(proxy::serve(stream, peer, l, s, conns.clone()));
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    let _place = place;
+                    proxy::serve(stream, peer, l, s, conns).await;
+                });
             }
             Err(e) => {
-                // Out of file descriptors or memory: say so, and give the system a moment
-                // instead of spinning on the same error.
-                tracing::error!(listener = %listener.load().name, "accept failed: {e}");
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-                ) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                drop(place);
+                let what = format!("listener {}", listener.load().name);
+                accept_failed(&what, &e).await;
             }
         }
     }

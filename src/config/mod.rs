@@ -50,6 +50,8 @@ pub struct Defaults {
     /// Idle time before TCP keepalive probes start, on both sides; `None` turns them off.
     pub keepalive: Option<Duration>,
     pub forwarding: Forwarding,
+    /// Lowers the connection ceiling the open-file limit allows (over every listener).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Defaults {
@@ -61,6 +63,7 @@ impl Default for Defaults {
             drain_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(60)),
             forwarding: Forwarding::default(),
+            max_connections: None,
         }
     }
 }

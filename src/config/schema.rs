@@ -38,6 +38,7 @@ pub(super) struct RawDefaults {
     pub(super) drain_timeout: Option<S<String>>,
     pub(super) keepalive: Option<S<String>>,
     pub(super) forwarding: Option<Forwarding>,
+    pub(super) max_connections: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -249,6 +249,10 @@ impl Validator<'_> {
             drain_timeout: self.duration("drain_timeout", &raw.drain_timeout, d.drain_timeout),
             keepalive,
             forwarding: raw.forwarding.unwrap_or_default(),
+            max_connections: raw
+                .max_connections
+                .as_ref()
+                .map(|m| self.integer("max_connections", &Some(m.clone()), 1..10_000_001, 1) as usize),
         }
     }
 
