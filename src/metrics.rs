@@ -101,7 +101,10 @@ fn describe() {
         CONNECTIONS_MAX,
         "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."
     );
-    describe_gauge!(CONNECTIONS_OPEN, "Client connections holding a place under the ceiling now.");
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections holding a place under the ceiling now."
+    );
     describe_gauge!(
         ACCEPT_PAUSED,
         Unit::Seconds,
