@@ -201,3 +201,34 @@ pub fn keepalive(idle: Duration) -> TcpKeepalive {
 pub fn client_key(peer: SocketAddr) -> u64 {
     balance::client_hash(peer.ip())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gatehouse_s_own_shortages_are_local_failures_not_the_server_s() {
+        for (errno, reason) in [
+            (libc::EMFILE, "emfile"),
+            (libc::ENFILE, "enfile"),
+            (libc::ENOBUFS, "enobufs"),
+            (libc::ENOMEM, "enomem"),
+            (libc::EADDRNOTAVAIL, "eaddrnotavail"),
+        ] {
+            match ConnectError::from_io(io::Error::from_raw_os_error(errno)) {
+                ConnectError::Local(_, r) => assert_eq!(crate::metrics::LOCAL_ERROR_REASONS[r], reason),
+                other => panic!("errno {errno} taken for the server's failure: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_s_failures_stay_the_server_s() {
+        let refused = ConnectError::from_io(io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(matches!(refused, ConnectError::Refused), "{refused:?}");
+        let unreachable = ConnectError::from_io(io::Error::from_raw_os_error(libc::EHOSTUNREACH));
+        assert!(matches!(unreachable, ConnectError::Unreachable(_)), "{unreachable:?}");
+        let reset = ConnectError::from_io(io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert!(matches!(reset, ConnectError::Other(_)), "{reset:?}");
+    }
+}

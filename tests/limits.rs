@@ -1,0 +1,281 @@
+//! Gatehouse under its own limits: with few file descriptors it stops accepting at its
+//! connection ceiling (clients wait in the backlog) instead of failing connects and
+//! blaming its servers, it does not spin, and its memory per connection stays flat
+//! with nobody scraping `/metrics`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{http, server, status, wait_until, Backend, Gatehouse, BIN};
+
+/// Raises this test process's own open-file limit to its hard limit (the clients need
+/// hundreds of sockets).
+fn raise_own_limit() -> u64 {
+    gatehouse::edge::fd_budget::raise_nofile_limit().map_or(0, |l| l.soft)
+}
+
+/// Starts gatehouse on `config` with `RLIMIT_NOFILE` set to `nofile` (soft and hard).
+fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
+    let (g, _) = Gatehouse::start_command(config, |path| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(path);
+        let limit = libc::rlimit {
+            rlim_cur: nofile as libc::rlim_t,
+            rlim_max: nofile as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe; `limit` is a plain value copied in.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    })
+    .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
+    g
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th
+    // field of the line, stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Resident memory of the process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One short connection: send a line, read it back, close. The time it took.
+fn ping(addr: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+    ping_and_hold(addr, timeout, Duration::ZERO)
+}
+
+/// Like [`ping`], keeping the connection open for `hold` after the echo.
+fn ping_and_hold(addr: SocketAddr, timeout: Duration, hold: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(b"ping\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    if &buf != b"ping\n" {
+        return Err(format!("got {buf:?}"));
+    }
+    let took = started.elapsed();
+    thread::sleep(hold);
+    Ok(took)
+}
+
+/// The value of the first sample of `name` in a Prometheus exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_server() {
+    if raise_own_limit() < 2048 {
+        skip!("this process may not open 2048 files (the clients need them)");
+    }
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "tcp", interval = "300ms", timeout = "1s", rise = 1, fall = 2 }"#,
+        "",
+    );
+    let g = start_with_nofile(&config, 256);
+    let front = g.addr("front");
+    let admin = g.admin();
+    let ceiling = status(admin)["ceiling"]["max"].as_u64().expect("ceiling in status");
+    assert!(
+        (8..128).contains(&ceiling),
+        "with 256 descriptors the ceiling is {ceiling} connections"
+    );
+
+    let cpu_before = cpu_time(g.pid());
+    let started = Instant::now();
+    // 60 admin connections that connect and say nothing, held through the storm.
+    let admins: Vec<TcpStream> = (0..60)
+        .filter_map(|_| TcpStream::connect_timeout(&admin, Duration::from_secs(5)).ok())
+        .collect();
+    // 600 clients at once, each holding its connection 250 ms after its echo: about
+    // nine rounds through the ceiling.
+    let clients = 600;
+    let barrier = Arc::new(Barrier::new(clients));
+    let served = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (barrier, served, slowest, failures) =
+                (barrier.clone(), served.clone(), slowest.clone(), failures.clone());
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    match ping_and_hold(front, Duration::from_secs(30), Duration::from_millis(250)) {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            slowest.fetch_max(started.elapsed().as_millis() as usize, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                })
+                .expect("spawn client")
+        })
+        .collect();
+    // The admin API answers while the storm is on.
+    let (code, body) = http(admin, "GET", "/healthz", &[]);
+    assert_eq!(code, 200, "/healthz during the storm: {body}");
+    for t in threads {
+        let _ = t.join();
+    }
+    let storm = started.elapsed();
+    let cpu = cpu_time(g.pid()).saturating_sub(cpu_before);
+    drop(admins);
+
+    let failures = failures.lock().unwrap().clone();
+    let served = served.load(Ordering::Relaxed);
+    let (code, metrics) = http(admin, "GET", "/metrics", &[]);
+    assert_eq!(code, 200);
+    let paused = metric(&metrics, "gatehouse_accept_paused_seconds_total").unwrap_or(0.0);
+    let local_errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_local_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0;
+    eprintln!(
+        "storm: {served}/{clients} clients served in {storm:?} (slowest {} ms) under a ceiling of {ceiling}; \
+         gatehouse CPU {cpu:?} ({:.0} % of one core); accepting paused {paused:.2} s; local errors {local_errors}",
+        slowest.load(Ordering::Relaxed),
+        cpu.as_secs_f64() * 100.0 / storm.as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} clients failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(served, clients);
+    assert!(
+        cpu.as_secs_f64() < 0.5 * storm.as_secs_f64(),
+        "gatehouse used {cpu:?} of CPU over a {storm:?} storm: it spins"
+    );
+    assert!(
+        paused > 0.0,
+        "600 clients over a ceiling of {ceiling} never paused accepting"
+    );
+    assert_eq!(
+        local_errors, 0.0,
+        "under its ceiling gatehouse never ran short of descriptors"
+    );
+    assert_eq!(
+        metric(&metrics, "gatehouse_connections_max"),
+        Some(ceiling as f64),
+        "the ceiling in /metrics"
+    );
+
+    // No server was blamed, by traffic or by its check.
+    assert_eq!(common::server_state(admin, "pool", "a"), "up");
+    let log = g.log();
+    for blame in ["consecutive connect failures", "is down", "Too many open files"] {
+        assert!(!log.contains(blame), "the log blames someone ({blame:?}):\n{log}");
+    }
+
+    // A new client after the storm is served at once.
+    assert!(
+        wait_until(Duration::from_secs(5), || status(admin)["ceiling"]["open"].as_u64()
+            <= Some(ceiling.min(8))),
+        "connections did not close after the storm"
+    );
+    let after = ping(front, Duration::from_secs(5)).expect("a client after the storm");
+    eprintln!("storm: a new client after it was served in {after:?}");
+    assert!(
+        after < Duration::from_millis(100),
+        "a client after the storm took {after:?}"
+    );
+    let (code, _) = http(admin, "GET", "/healthz", &[]);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn memory_per_connection_is_flat_with_nobody_scraping() {
+    raise_own_limit();
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    // No admin listener: nobody can scrape, and nothing renders the metrics.
+    let config = format!(
+        r#"[[listener]]
+name = "front"
+bind = ["127.0.0.1:0"]
+backend = "pool"
+
+[backend.pool]
+servers = [{}]
+health = {{ check = "none" }}
+"#,
+        server("a", backend.addr)
+    );
+    let g = Gatehouse::start_with(&config, &[("RUST_LOG", "warn")]).expect("gatehouse starts");
+    let front = g.addr("front");
+    let started = Instant::now();
+    let run = |count: usize| {
+        let workers = 8;
+        let threads: Vec<_> = (0..workers)
+            .map(|w| {
+                thread::spawn(move || {
+                    for _ in (w..count).step_by(workers) {
+                        ping(front, Duration::from_secs(10)).expect("a short connection");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+    };
+    run(10_000);
+    let first = rss_kib(g.pid());
+    run(40_000);
+    let end = rss_kib(g.pid());
+    let took = started.elapsed();
+    eprintln!(
+        "memory: RSS {first} KiB after 10,000 connections, {end} KiB after 50,000 ({:+} KiB); took {took:?}",
+        end as i64 - first as i64
+    );
+    assert!(first > 0 && end > 0, "no RSS read");
+    assert!(
+        end.abs_diff(first) < 2048,
+        "RSS went from {first} KiB to {end} KiB over 40,000 connections"
+    );
+}
