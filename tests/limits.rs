@@ -274,8 +274,10 @@ health = {{ check = "none" }}
         end as i64 - first as i64
     );
     assert!(first > 0 && end > 0, "no RSS read");
+    // Within 1 MiB (the issue asks 2 MB): without the upkeep timer the samples alone
+    // added 1.7 MiB here.
     assert!(
-        end.abs_diff(first) < 2048,
+        end.abs_diff(first) < 1024,
         "RSS went from {first} KiB to {end} KiB over 40,000 connections"
     );
 }
