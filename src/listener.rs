@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::proxy::{self, Connections, Settings};
@@ -300,7 +301,13 @@ impl Listeners {
                 if let Ok(d) = s.try_clone() {
                     duplicates.push(d);
                 }
-                match TcpListener::from_std(s) {
+                let registered = s.set_nonblocking(true).and_then(|()| {
+                    // SAFETY: the std listener owns its descriptor, and the AsyncFd owns
+                    // the listener: it stays open and the same until the AsyncFd drops.
+                    unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
+                        .map_err(io::Error::from)
+                });
+                match registered {
                     Ok(tl) => tasks.push(tokio::spawn(accept_loop(
                         tl,
                         listener.clone(),
@@ -403,16 +410,35 @@ pub async fn accept_failed(what: &str, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(pause)).await;
 }
 
+/// Accepts on one socket. A place under the ceiling is taken only once a client is
+/// waiting on this very socket, and before it is accepted: at the ceiling the client
+/// stays in the backlog, and an idle socket holds no place another could use.
 async fn accept_loop(
-    socket: TcpListener,
+    socket: AsyncFd<std::net::TcpListener>,
     listener: Arc<ArcSwap<Listener>>,
     settings: Arc<ArcSwap<Settings>>,
     conns: Arc<Connections>,
     ceiling: Arc<Ceiling>,
 ) {
     loop {
+        let mut ready = match socket.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                accept_failed(&format!("listener {}", listener.load().name), &e).await;
+                continue;
+            }
+        };
         let place = ceiling.take().await;
-        match socket.accept().await {
+        let accepted = match ready.try_io(|s| s.get_ref().accept()) {
+            Ok(result) => result.and_then(|(stream, peer)| {
+                stream.set_nonblocking(true)?;
+                Ok((TcpStream::from_std(stream)?, peer))
+            }),
+            // Nobody waiting after all (another wake-up took it): the place goes back.
+            Err(_would_block) => continue,
+        };
+        drop(ready);
+        match accepted {
             Ok((stream, peer)) => {
                 let l = listener.load_full();
                 let s = **settings.load();
@@ -428,5 +454,48 @@ async fn accept_loop(
                 accept_failed(&what, &e).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_accept_that_fails_for_want_of_descriptors_waits_instead_of_spinning() {
+        let started = std::time::Instant::now();
+        accept_failed("test", &io::Error::from_raw_os_error(libc::EMFILE)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "retried after {waited:?}");
+        let started = std::time::Instant::now();
+        accept_failed("test", &io::Error::from_raw_os_error(libc::ECONNABORTED)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(10), "retried after {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_place_under_the_ceiling_is_given_back_on_drop() {
+        let ceiling = Ceiling::new(1);
+        let place = ceiling.take().await;
+        assert_eq!(ceiling.open(), 1);
+        let waiting = tokio::spawn({
+            let c = ceiling.clone();
+            async move { c.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a second place under a ceiling of 1");
+        drop(place);
+        let second = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiter gets the freed place")
+            .expect("task");
+        assert_eq!(ceiling.open(), 1);
+        assert!(
+            ceiling.paused() >= Duration::from_millis(40),
+            "paused {:?}",
+            ceiling.paused()
+        );
+        drop(second);
+        assert_eq!(ceiling.open(), 0);
     }
 }

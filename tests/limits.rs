@@ -281,3 +281,54 @@ health = {{ check = "none" }}
         "RSS went from {first} KiB to {end} KiB over 40,000 connections"
     );
 }
+
+#[test]
+fn at_the_ceiling_a_client_waits_in_the_backlog_until_a_connection_closes() {
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "none" }"#,
+        "max_connections = 2",
+    );
+    let g = Gatehouse::start(&config);
+    let (front, admin) = (g.addr("front"), g.admin());
+    assert_eq!(status(admin)["ceiling"]["max"].as_u64(), Some(2));
+
+    let mut first = common::connect(front);
+    let mut second = common::connect(front);
+    for s in [&mut first, &mut second] {
+        s.write_all(b"ping\n").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("served under the ceiling");
+    }
+    // The third is taken in by the kernel, not by gatehouse: no answer yet.
+    let mut third = common::connect(front);
+    third.write_all(b"ping\n").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 5];
+    let early = third.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the third client was served over a ceiling of 2: {early:?}"
+    );
+    let c = status(admin)["ceiling"].clone();
+    assert_eq!(c["open"].as_u64(), Some(2), "{c}");
+
+    // One closes: the third is accepted and served at once.
+    let closed = Instant::now();
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third.read_exact(&mut buf).expect("served once a place is free");
+    let waited = closed.elapsed();
+    eprintln!("ceiling: the waiting client was served {waited:?} after a connection closed");
+    assert_eq!(&buf, b"ping\n");
+    assert!(
+        waited < Duration::from_secs(1),
+        "served {waited:?} after a place was free"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", &[]);
+    assert_eq!(metric(&metrics, "gatehouse_connections_max"), Some(2.0));
+    let paused = metric(&metrics, "gatehouse_accept_paused_seconds_total").unwrap_or(0.0);
+    assert!(paused >= 0.3, "paused {paused} s while the third client waited");
+    assert_eq!(backend.accepted(), 3);
+}
