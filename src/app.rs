@@ -128,8 +128,8 @@ pub fn fd_plan(config: &Config, nofile: u64) -> Result<(FdPlan, usize), FdBudget
 }
 
 /// Raises the soft open-file limit to the hard one and plans the connection ceiling
-/// under it; splicing is held to the plan's pipes.
-fn budget(config: &Config) -> Result<usize, FdBudgetError> {
+/// under it: (the ceiling, the splice pipes allowed), for the caller to apply.
+fn budget(config: &Config) -> Result<(usize, u64), FdBudgetError> {
     let nofile = match fd_budget::raise_nofile_limit() {
         Ok(l) => {
             if l.soft > l.before {
@@ -143,14 +143,13 @@ fn budget(config: &Config) -> Result<usize, FdBudgetError> {
         }
     };
     let (plan, ceiling) = fd_plan(config, nofile)?;
-    crate::forward::set_max_pipes(plan.max_pipes.max(1));
     tracing::info!(
         nofile,
         reserved = plan.reserved,
         max_pipes = plan.max_pipes,
         "connection ceiling: {ceiling} client connections at once"
     );
-    Ok(ceiling)
+    Ok((ceiling, plan.max_pipes.max(1)))
 }
 
 impl App {
@@ -173,7 +172,9 @@ impl App {
         prime(&resolution, &changes.added, &checks).await;
 
         let connections = Arc::new(Connections::default());
-        let ceiling = Ceiling::new(budget(&config)?);
+        let (ceiling, max_pipes) = budget(&config)?;
+        crate::forward::set_max_pipes(max_pipes);
+        let ceiling = Ceiling::new(ceiling);
         crate::metrics::spawn_upkeep(metrics.clone());
         let mut listeners = Listeners::default();
         listeners.adopt_inherited(inherited);
@@ -258,7 +259,7 @@ impl App {
         let config = Arc::new(Config::load(&self.config_path)?);
         let checks = prepare_checks(&config)?;
         let token = read_token(config.admin.as_ref())?;
-        let ceiling = budget(&config)?;
+        let (ceiling, max_pipes) = budget(&config)?;
         let old = self.snapshot.load_full();
         let (snapshot, changes) = Snapshot::build(config.clone(), Some(&old));
         // New servers are resolved with the new resolver settings; a failure puts the old
@@ -295,6 +296,7 @@ impl App {
         };
         self.commit_admin(admin);
         self.ceiling.set_max(ceiling);
+        crate::forward::set_max_pipes(max_pipes);
         self.admin_token.store(Arc::new(token));
         for s in &changes.removed {
             s.retire();

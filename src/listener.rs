@@ -47,7 +47,7 @@ pub struct Ceiling {
 struct CeilingMetrics {
     max: metrics::Gauge,
     open: metrics::Gauge,
-    paused: metrics::Gauge,
+    paused: metrics::Counter,
 }
 
 /// A place under the ceiling, given back on drop.
@@ -62,7 +62,8 @@ impl Drop for Place {
         if since != 0 {
             let ms = (crate::clock::millis_since_start() + 1).saturating_sub(since);
             let total = c.paused_total_ms.fetch_add(ms, Ordering::AcqRel) + ms;
-            c.metrics.paused.set(total as f64 / 1000.0);
+            // A counter holds whole seconds; the status API has the milliseconds.
+            c.metrics.paused.absolute(total / 1000);
         }
         c.freed.notify_waiters();
     }
@@ -75,11 +76,11 @@ impl Ceiling {
         let metrics = CeilingMetrics {
             max: metrics::gauge!(crate::metrics::CONNECTIONS_MAX),
             open: metrics::gauge!(crate::metrics::CONNECTIONS_OPEN),
-            paused: metrics::gauge!(crate::metrics::ACCEPT_PAUSED),
+            paused: metrics::counter!(crate::metrics::ACCEPT_PAUSED),
         };
         metrics.max.set(max as f64);
         metrics.open.set(0.0);
-        metrics.paused.set(0.0);
+        metrics.paused.absolute(0);
         Arc::new(Ceiling {
             max: AtomicUsize::new(max.max(1)),
             open: AtomicUsize::new(0),

@@ -105,10 +105,10 @@ fn describe() {
         CONNECTIONS_OPEN,
         "Client connections holding a place under the ceiling now."
     );
-    describe_gauge!(
+    describe_counter!(
         ACCEPT_PAUSED,
         Unit::Seconds,
-        "Time spent not accepting because the connection ceiling was reached (only grows)."
+        "Time spent not accepting because the connection ceiling was reached, in whole seconds."
     );
     describe_counter!(
         LOCAL_ERRORS,
