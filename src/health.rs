@@ -406,6 +406,15 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
     let started = Instant::now();
     let result = check.run(&server.host, endpoint.addr).await;
     let took = started.elapsed();
+    if let Some(f) = result.as_ref().err().filter(|f| f.reason == LOCAL_FAILURE) {
+        // Counted in gatehouse_local_errors_total{op="check"}. Not a result: rise and
+        // fall see nothing, and a first round that met it is not a first check done.
+        if let Some(suppressed) = LOCAL_FAILURE_LOG.admit() {
+            tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
+                "check not run, gatehouse itself is short of resources: {}", f.detail);
+        }
+        return;
+    }
     server.metrics.check_duration.record(took.as_secs_f64());
     if let Ok(mut report) = endpoint.check.lock() {
         *report = CheckReport {
@@ -415,14 +424,6 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         };
     }
     let ok = result.is_ok();
-    if let Some(f) = result.as_ref().err().filter(|f| f.reason == LOCAL_FAILURE) {
-        // Counted in gatehouse_local_errors_total{op="check"}; rise and fall see nothing.
-        if let Some(suppressed) = LOCAL_FAILURE_LOG.admit() {
-            tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
-                "check not run, gatehouse itself is short of resources: {}", f.detail);
-        }
-        return;
-    }
     if let Err(f) = &result {
         server.metrics.check_failed(f.reason);
         tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, "check failed: {}", f.detail);
