@@ -211,7 +211,7 @@ fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_se
     // No server was blamed, by traffic or by its check.
     assert_eq!(common::server_state(admin, "pool", "a"), "up");
     let log = g.log();
-    for blame in ["consecutive connect failures", "is down", "Too many open files"] {
+    for blame in ["consecutive connect failures", " DOWN", "Too many open files"] {
         assert!(!log.contains(blame), "the log blames someone ({blame:?}):\n{log}");
     }
 
@@ -339,4 +339,119 @@ fn at_the_ceiling_a_client_waits_in_the_backlog_until_a_connection_closes() {
         .unwrap_or(0.0);
     assert!(paused >= 0.3, "paused {paused} s while the third client waited");
     assert_eq!(backend.accepted(), 3);
+}
+
+/// Sets the soft open-file limit of a running process (its hard limit stays 256).
+fn set_nofile(pid: i32, nofile: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: nofile as libc::rlim_t,
+        rlim_max: 256,
+    };
+    // SAFETY: prlimit on our own child, with a valid rlimit and no old value wanted.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The lowest descriptor number the process does not use.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    (0..).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
+/// The sum of `gatehouse_local_errors_total` samples with label `op`.
+fn local_errors(admin: SocketAddr, op: &str) -> f64 {
+    let (_, metrics) = http(admin, "GET", "/metrics", &[]);
+    let label = format!("op=\"{op}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_local_errors_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
+#[test]
+fn out_of_descriptors_gatehouse_blames_itself_not_its_server_and_does_not_spin() {
+    raise_own_limit();
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "tcp", interval = "200ms", timeout = "1s", rise = 1, fall = 1 }
+error_limit = 1"#,
+        "",
+    );
+    let g = start_with_nofile(&config, 256);
+    let (front, admin) = (g.addr("front"), g.admin());
+    ping(front, Duration::from_secs(5)).expect("served before the shortage");
+
+    // One descriptor left: a client can be accepted, but no socket to its server opened.
+    let free = lowest_free_fd(g.pid());
+    set_nofile(g.pid(), free + 1);
+    let mut refused = 0;
+    for _ in 0..10 {
+        if ping(front, Duration::from_secs(2)).is_err() {
+            refused += 1;
+        }
+    }
+    let connect_errors = {
+        set_nofile(g.pid(), 256);
+        local_errors(admin, "connect")
+    };
+    eprintln!(
+        "shortage: {refused}/10 clients not served with one descriptor left; {connect_errors} local connect errors"
+    );
+    assert_eq!(
+        common::server_state(admin, "pool", "a"),
+        "up",
+        "a local failure was held against the server"
+    );
+    assert!(
+        connect_errors >= 1.0,
+        "no local connect error counted ({refused} clients refused)"
+    );
+
+    // No descriptor left at all: accepts fail on both listeners, and checks cannot run.
+    let cpu_before = cpu_time(g.pid());
+    let started = Instant::now();
+    set_nofile(g.pid(), 3);
+    let waiting: Vec<TcpStream> = (0..20)
+        .filter_map(|i| {
+            let to = if i % 2 == 0 { front } else { admin };
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let cpu = cpu_time(g.pid()).saturating_sub(cpu_before);
+    let span = started.elapsed();
+    set_nofile(g.pid(), 256);
+    drop(waiting);
+    eprintln!(
+        "shortage: with no descriptor left gatehouse used {cpu:?} of CPU in {span:?} ({:.0} % of one core)",
+        cpu.as_secs_f64() * 100.0 / span.as_secs_f64()
+    );
+    assert!(
+        cpu.as_secs_f64() < 0.3 * span.as_secs_f64(),
+        "it spins: {cpu:?} of CPU in {span:?}"
+    );
+    let (accepts, checks) = (local_errors(admin, "accept"), local_errors(admin, "check"));
+    eprintln!("shortage: {accepts} local accept errors, {checks} local check errors");
+    assert!(accepts >= 1.0, "no local accept error counted");
+    assert!(checks >= 1.0, "no local check error counted");
+    assert_eq!(common::server_state(admin, "pool", "a"), "up");
+    let log = g.log();
+    for blame in ["consecutive connect failures", " DOWN"] {
+        assert!(!log.contains(blame), "the log blames the server ({blame:?}):\n{log}");
+    }
+    let accept_lines = log.matches("accept failed").count();
+    assert!(
+        accept_lines <= 3,
+        "{accept_lines} accept failure lines in about 2 s: not rate-limited\n{log}"
+    );
+    let after = ping(front, Duration::from_secs(5)).expect("served after the shortage");
+    assert!(
+        after < Duration::from_millis(100),
+        "a client after the shortage took {after:?}"
+    );
 }
