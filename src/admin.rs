@@ -297,6 +297,11 @@ pub fn status(app: &dyn Control) -> Value {
             })),
         },
         "connections": process.connections,
+        "ceiling": {
+            "max": process.connections_max,
+            "open": process.connections_open,
+            "accept_paused_seconds": process.accept_paused_seconds,
+        },
         "listeners": snapshot.listeners.iter().map(|l| json!({
             "name": &*l.name,
             "binds": local.iter().filter(|(n, _)| **n == *l.name).map(|(_, a)| a.to_string()).collect::<Vec<_>>(),

@@ -19,8 +19,9 @@ use arc_swap::ArcSwap;
 use crate::clock::unix_now;
 use crate::config::{AdminConfig, Config, ConfigError};
 use crate::control::{AdminHandle, Control, ProcessStatus, Reloading, StartAdmin};
+use crate::edge::fd_budget::{self, FdBudgetError, FdNeeds, FdPlan, PipeBudget};
 use crate::health::{self, Prepared};
-use crate::listener::{BindError, Listeners};
+use crate::listener::{BindError, Ceiling, Listeners};
 use crate::proxy::{Connections, Settings};
 use crate::resolve::Resolution;
 use crate::runtime::{AdminState, Server, Snapshot};
@@ -43,6 +44,8 @@ pub enum LoadError {
     },
     #[error("admin token file {path}: {message}")]
     Token { path: String, message: String },
+    #[error(transparent)]
+    FdBudget(#[from] FdBudgetError),
 }
 
 pub use crate::control::ReloadReport;
@@ -58,6 +61,8 @@ pub struct App {
     pub last_reload: Mutex<Option<ReloadReport>>,
     pub admin_token: ArcSwap<Option<String>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Client connections allowed at once (from the open-file limit), and in use.
+    pub ceiling: Arc<Ceiling>,
     listeners: Mutex<Listeners>,
     admin: Mutex<Option<AdminHandle>>,
     start_admin: StartAdmin,
@@ -72,6 +77,80 @@ fn settings(config: &Config) -> Settings {
         idle_timeout: config.defaults.idle_timeout,
         forwarding: config.defaults.forwarding,
     }
+}
+
+/// Splice pipes: one per four connections, as HAProxy's default `maxpipes`.
+const CONNECTIONS_PER_PIPE: u64 = 4;
+/// Descriptors for the rest: config and certificate files at a reload, log files,
+/// the systemd sockets, the resolver's configuration files.
+const OTHER_FDS: u64 = 16;
+
+/// The connection ceiling under the open-file limit `nofile` for `config` (see
+/// `edge::fd_budget`), lowered by `[defaults] max_connections`.
+pub fn fd_plan(config: &Config, nofile: u64) -> Result<(FdPlan, usize), FdBudgetError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let binds: usize = config.listeners.iter().map(|l| l.bind.len()).sum();
+    let servers: usize = config.backends.iter().map(|b| b.servers.len()).sum();
+    let named = config
+        .backends
+        .iter()
+        .flat_map(|b| &b.servers)
+        .filter(|s| matches!(s.host, crate::config::Host::Name(_)))
+        .count() as u64;
+    let needs = FdNeeds {
+        threads,
+        listeners: (binds * crate::listener::accept_sockets()) as u64,
+        servers: servers as u64,
+        dns_in_flight: named.min(8) * 2,
+        admin_connections: if config.admin.is_some() {
+            crate::control::ADMIN_MAX_CLIENTS as u64
+        } else {
+            0
+        },
+        other: OTHER_FDS,
+    };
+    let pipes = match config.defaults.forwarding {
+        crate::config::Forwarding::Copy => PipeBudget::None,
+        _ => PipeBudget::PerConnections(CONNECTIONS_PER_PIPE),
+    };
+    let plan = fd_budget::plan(nofile, &needs, pipes)?;
+    let allowed = usize::try_from(plan.max_connections).unwrap_or(usize::MAX);
+    let ceiling = match config.defaults.max_connections {
+        Some(m) if m <= allowed => m,
+        Some(m) => {
+            tracing::warn!(
+                "[defaults] max_connections = {m} does not fit the open-file limit ({nofile}): the ceiling is {allowed}; raise LimitNOFILE"
+            );
+            allowed
+        }
+        None => allowed,
+    };
+    Ok((plan, ceiling))
+}
+
+/// Raises the soft open-file limit to the hard one and plans the connection ceiling
+/// under it: (the ceiling, the splice pipes allowed), for the caller to apply.
+fn budget(config: &Config) -> Result<(usize, u64), FdBudgetError> {
+    let nofile = match fd_budget::raise_nofile_limit() {
+        Ok(l) => {
+            if l.soft > l.before {
+                tracing::info!("open-file limit raised from {} to {}", l.before, l.soft);
+            }
+            l.soft
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-file limit ({e}); assuming 1024");
+            1024
+        }
+    };
+    let (plan, ceiling) = fd_plan(config, nofile)?;
+    tracing::info!(
+        nofile,
+        reserved = plan.reserved,
+        max_pipes = plan.max_pipes,
+        "connection ceiling: {ceiling} client connections at once"
+    );
+    Ok((ceiling, plan.max_pipes.max(1)))
 }
 
 impl App {
@@ -94,9 +173,13 @@ impl App {
         prime(&resolution, &changes.added, &checks).await;
 
         let connections = Arc::new(Connections::default());
+        let (ceiling, max_pipes) = budget(&config)?;
+        crate::forward::set_max_pipes(max_pipes);
+        let ceiling = Ceiling::new(ceiling);
+        crate::metrics::spawn_upkeep(metrics.clone());
         let mut listeners = Listeners::default();
         listeners.adopt_inherited(inherited);
-        listeners.apply(&snapshot, settings(&config), &connections)?;
+        listeners.apply(&snapshot, settings(&config), &connections, &ceiling)?;
         listeners.close_unused_inherited();
 
         let app = Arc::new(App {
@@ -109,6 +192,7 @@ impl App {
             last_reload: Mutex::new(None),
             admin_token: ArcSwap::from_pointee(token),
             metrics,
+            ceiling,
             listeners: Mutex::new(listeners),
             admin: Mutex::new(None),
             start_admin,
@@ -176,6 +260,7 @@ impl App {
         let config = Arc::new(Config::load(&self.config_path)?);
         let checks = prepare_checks(&config)?;
         let token = read_token(config.admin.as_ref())?;
+        let (ceiling, max_pipes) = budget(&config)?;
         let old = self.snapshot.load_full();
         let (snapshot, changes) = Snapshot::build(config.clone(), Some(&old));
         // New servers are resolved with the new resolver settings; a failure puts the old
@@ -199,7 +284,7 @@ impl App {
         };
         let bound = match self.listeners.lock() {
             Ok(mut l) => l
-                .apply(&snapshot, settings(&config), &self.connections)
+                .apply(&snapshot, settings(&config), &self.connections, &self.ceiling)
                 .map(|()| l.take_stopped()),
             Err(_) => Ok(Vec::new()),
         };
@@ -211,6 +296,8 @@ impl App {
             }
         };
         self.commit_admin(admin);
+        self.ceiling.set_max(ceiling);
+        crate::forward::set_max_pipes(max_pipes);
         self.admin_token.store(Arc::new(token));
         for s in &changes.removed {
             s.retire();
@@ -331,6 +418,9 @@ impl Control for App {
             loaded_at: self.loaded_at.lock().map(|t| *t).unwrap_or(0.0),
             last_reload: self.last_reload.lock().ok().and_then(|r| r.clone()),
             connections: self.connections.active(),
+            connections_max: self.ceiling.max(),
+            connections_open: self.ceiling.open(),
+            accept_paused_seconds: self.ceiling.paused().as_secs_f64(),
             local_addrs: self.local_addrs(),
         }
     }

@@ -2,8 +2,9 @@
 //! another server, so that a dead server costs the client nothing while others are up.
 //!
 //! Every failed connect is evidence for passive health (consecutive failures mark the
-//! endpoint down) and is counted by reason. Socket options for the server side (no
-//! delay, keepalive, user timeout) are set here.
+//! endpoint down) and is counted by reason, except a local one: gatehouse out of
+//! descriptors, memory, buffers or ephemeral ports says nothing about the server.
+//! Socket options for the server side (no delay, keepalive, user timeout) are set here.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +30,10 @@ pub enum ConnectError {
     Unreachable(io::Error),
     #[error("{0}")]
     Other(io::Error),
+    /// Gatehouse's own failure (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL), with
+    /// its index in [`crate::metrics::LOCAL_ERROR_REASONS`]: not the server's fault.
+    #[error("local failure, not the server's: {0}")]
+    Local(io::Error, usize),
 }
 
 impl ConnectError {
@@ -39,11 +44,15 @@ impl ConnectError {
             ConnectError::Refused => 0,
             ConnectError::Timeout(_) => 1,
             ConnectError::Unreachable(_) => 2,
-            ConnectError::Other(_) => 3,
+            ConnectError::Other(_) | ConnectError::Local(..) => 3,
         }
     }
 
-    fn from_io(e: io::Error) -> Self {
+    /// An error of gatehouse itself, or one from the socket calls of a connect.
+    pub fn from_io(e: io::Error) -> Self {
+        if let Some(reason) = crate::metrics::local_reason(&e) {
+            return ConnectError::Local(e, reason);
+        }
         match e.kind() {
             io::ErrorKind::ConnectionRefused => ConnectError::Refused,
             io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectError::Unreachable(e),
@@ -56,6 +65,7 @@ impl ConnectError {
 }
 
 static CONNECT_FAILURE_LOG: RateLimitedLog = RateLimitedLog::new();
+static LOCAL_FAILURE_LOG: RateLimitedLog = RateLimitedLog::new();
 
 /// A connection made to a server of the backend.
 pub struct Connected {
@@ -135,6 +145,15 @@ pub async fn connect_with(
                     failures: tried.len() as u32 - 1,
                 });
             }
+            Err(ConnectError::Local(e, reason)) => {
+                // Not the server's fault, and no other server would fare better now.
+                crate::metrics::local_error(0, reason);
+                if let Some(suppressed) = LOCAL_FAILURE_LOG.admit() {
+                    tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
+                        "cannot connect to {} ({}): gatehouse itself is short of resources: {e}", server.label(), endpoint.addr);
+                }
+                last = Some((server.label(), ConnectError::Local(e, reason)));
+            }
             Err(error) => {
                 server.metrics.connect_errors[error.reason_index()].increment(1);
                 let failures = endpoint.connect_failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -171,8 +190,8 @@ pub async fn connect_one(
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(ConnectError::Other)?;
-    socket.set_nodelay(true).map_err(ConnectError::Other)?;
+    .map_err(ConnectError::from_io)?;
+    socket.set_nodelay(true).map_err(ConnectError::from_io)?;
     let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ConnectError::from_io(e)),
@@ -221,4 +240,35 @@ pub fn set_user_timeout(stream: &TcpStream, timeout: Option<Duration>) {
 /// The hash of a client for `source-hash`.
 pub fn client_key(peer: SocketAddr) -> u64 {
     balance::client_hash(peer.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gatehouse_s_own_shortages_are_local_failures_not_the_server_s() {
+        for (errno, reason) in [
+            (libc::EMFILE, "emfile"),
+            (libc::ENFILE, "enfile"),
+            (libc::ENOBUFS, "enobufs"),
+            (libc::ENOMEM, "enomem"),
+            (libc::EADDRNOTAVAIL, "eaddrnotavail"),
+        ] {
+            match ConnectError::from_io(io::Error::from_raw_os_error(errno)) {
+                ConnectError::Local(_, r) => assert_eq!(crate::metrics::LOCAL_ERROR_REASONS[r], reason),
+                other => panic!("errno {errno} taken for the server's failure: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_s_failures_stay_the_server_s() {
+        let refused = ConnectError::from_io(io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(matches!(refused, ConnectError::Refused), "{refused:?}");
+        let unreachable = ConnectError::from_io(io::Error::from_raw_os_error(libc::EHOSTUNREACH));
+        assert!(matches!(unreachable, ConnectError::Unreachable(_)), "{unreachable:?}");
+        let reset = ConnectError::from_io(io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert!(matches!(reset, ConnectError::Other(_)), "{reset:?}");
+    }
 }

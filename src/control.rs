@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::{AdminState, Snapshot};
 
+/// Admin clients served at once; the connection ceiling reserves their descriptors.
+pub const ADMIN_MAX_CLIENTS: usize = 64;
+
 /// The result of the last reload, for the status API and the systemd status line.
 #[derive(Debug, Clone)]
 pub struct ReloadReport {
@@ -32,6 +35,11 @@ pub struct ProcessStatus {
     pub last_reload: Option<ReloadReport>,
     /// Connections open now, over every listener.
     pub connections: usize,
+    /// The connection ceiling, the places taken under it (accept loops waiting included)
+    /// and the time spent at it, not accepting.
+    pub connections_max: usize,
+    pub connections_open: usize,
+    pub accept_paused_seconds: f64,
     /// (listener, bound address) pairs, port 0 resolved; the admin API as "admin".
     pub local_addrs: Vec<(String, SocketAddr)>,
 }

@@ -220,6 +220,12 @@ impl Tls {
 }
 
 /// Why a check failed: a short label for metrics, a sentence for logs.
+/// The `reason` of a check that could not run for want of gatehouse's own resources
+/// (descriptors, memory, ports): neither a success nor a failure of the server.
+pub const LOCAL_FAILURE: &str = "local";
+
+static LOCAL_FAILURE_LOG: crate::ratelimit::RateLimitedLog = crate::ratelimit::RateLimitedLog::new();
+
 #[derive(Debug)]
 pub struct CheckFailure {
     pub reason: &'static str,
@@ -294,6 +300,10 @@ impl Prepared {
                 ConnectError::Timeout(_) => "timeout",
                 ConnectError::Unreachable(_) => "unreachable",
                 ConnectError::Other(_) => "error",
+                ConnectError::Local(_, reason) => {
+                    crate::metrics::local_error(1, reason);
+                    LOCAL_FAILURE
+                }
             },
             detail: format!("{} connect to {addr}: {e}", self.name()),
         })?;
@@ -491,6 +501,15 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
     let took = started.elapsed();
     if !certs.is_empty() {
         watched(server, endpoint, certs);
+    }
+    if let Some(f) = result.as_ref().err().filter(|f| f.reason == LOCAL_FAILURE) {
+        // Counted in gatehouse_local_errors_total{op="check"}. Not a result: rise and
+        // fall see nothing, and a first round that met it is not a first check done.
+        if let Some(suppressed) = LOCAL_FAILURE_LOG.admit() {
+            tracing::warn!(server = %server.label(), endpoint = %endpoint.addr, suppressed,
+                "check not run, gatehouse itself is short of resources: {}", f.detail);
+        }
+        return;
     }
     server.metrics.check_duration.record(took.as_secs_f64());
     if let Ok(mut report) = endpoint.check.lock() {

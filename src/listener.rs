@@ -6,22 +6,162 @@
 //! removed ones; connections accepted on a closed socket carry on to their end. Each
 //! accept loop reads its listener from an `ArcSwap`, so a reload that points an address
 //! at another backend takes effect on the next accept.
+//!
+//! Every accept loop takes a place under one [`Ceiling`] (the connection ceiling the
+//! open-file limit allows, see `edge::fd_budget`) before it accepts: at the ceiling the
+//! loops stop accepting until a connection closes, and clients wait in the kernel's
+//! backlog instead of being accepted into a process that cannot serve them.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::proxy::{self, Connections, Settings};
+use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{Listener, Snapshot};
 
 const BACKLOG: i32 = 4096;
+
+/// How many client connections may be open at once, over every listener, and how many
+/// are: the accept loops take a place before each accept and give it back when the
+/// connection ends.
+pub struct Ceiling {
+    max: AtomicUsize,
+    open: AtomicUsize,
+    freed: tokio::sync::Notify,
+    /// Since when (ms since start, +1 so that 0 means "not paused") the ceiling is reached.
+    paused_since_ms: AtomicU64,
+    paused_total_ms: AtomicU64,
+    metrics: CeilingMetrics,
+}
+
+struct CeilingMetrics {
+    max: metrics::Gauge,
+    open: metrics::Gauge,
+    paused: metrics::Counter,
+}
+
+/// A place under the ceiling, given back on drop.
+pub struct Place(Arc<Ceiling>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let c = &self.0;
+        let was = c.open.fetch_sub(1, Ordering::AcqRel);
+        c.metrics.open.set((was - 1) as f64);
+        let since = c.paused_since_ms.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            let ms = (crate::clock::millis_since_start() + 1).saturating_sub(since);
+            let total = c.paused_total_ms.fetch_add(ms, Ordering::AcqRel) + ms;
+            // A counter holds whole seconds; the status API has the milliseconds.
+            c.metrics.paused.absolute(total / 1000);
+        }
+        c.freed.notify_waiters();
+    }
+}
+
+static CEILING_LOG: RateLimitedLog = RateLimitedLog::new();
+
+impl Ceiling {
+    pub fn new(max: usize) -> Arc<Ceiling> {
+        let metrics = CeilingMetrics {
+            max: metrics::gauge!(crate::metrics::CONNECTIONS_MAX),
+            open: metrics::gauge!(crate::metrics::CONNECTIONS_OPEN),
+            paused: metrics::counter!(crate::metrics::ACCEPT_PAUSED),
+        };
+        metrics.max.set(max as f64);
+        metrics.open.set(0.0);
+        metrics.paused.absolute(0);
+        Arc::new(Ceiling {
+            max: AtomicUsize::new(max.max(1)),
+            open: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            paused_since_ms: AtomicU64::new(0),
+            paused_total_ms: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Changes the ceiling (at a reload); connections above a lowered one carry on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Release);
+        self.metrics.max.set(max.max(1) as f64);
+        self.freed.notify_waiters();
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Time spent at the ceiling, not accepting, so far.
+    pub fn paused(&self) -> Duration {
+        let mut ms = self.paused_total_ms.load(Ordering::Acquire);
+        let since = self.paused_since_ms.load(Ordering::Acquire);
+        if since != 0 {
+            ms += (crate::clock::millis_since_start() + 1).saturating_sub(since);
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Place> {
+        let max = self.max();
+        let mut open = self.open.load(Ordering::Acquire);
+        loop {
+            if open >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.metrics.open.set((open + 1) as f64);
+                    return Some(Place(self.clone()));
+                }
+                Err(now) => open = now,
+            }
+        }
+    }
+
+    /// Waits for a place under the ceiling.
+    pub async fn take(self: &Arc<Self>) -> Place {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.try_take() {
+                return p;
+            }
+            let now = crate::clock::millis_since_start() + 1;
+            if self
+                .paused_since_ms
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if let Some(suppressed) = CEILING_LOG.admit() {
+                    tracing::warn!(max = self.max(), suppressed,
+                        "at the connection ceiling ({} open): not accepting until one closes; new clients wait in the backlog",
+                        self.max());
+                }
+            }
+            freed.await;
+        }
+    }
+}
 
 /// A bind address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +242,7 @@ impl Listeners {
         snapshot: &Snapshot,
         settings: Settings,
         conns: &Arc<Connections>,
+        ceiling: &Arc<Ceiling>,
     ) -> Result<(), BindError> {
         let mut fresh: HashMap<SocketAddr, Vec<std::net::TcpListener>> = HashMap::new();
         for l in &snapshot.listeners {
@@ -164,12 +305,19 @@ impl Listeners {
                 if let Ok(d) = s.try_clone() {
                     duplicates.push(d);
                 }
-                match TcpListener::from_std(s) {
+                let registered = s.set_nonblocking(true).and_then(|()| {
+                    // SAFETY: the std listener owns its descriptor, and the AsyncFd owns
+                    // the listener: it stays open and the same until the AsyncFd drops.
+                    unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
+                        .map_err(io::Error::from)
+                });
+                match registered {
                     Ok(tl) => tasks.push(tokio::spawn(accept_loop(
                         tl,
                         listener.clone(),
                         settings.clone(),
                         conns.clone(),
+                        ceiling.clone(),
                     ))),
                     Err(e) => tracing::error!(%addr, "cannot register socket: {e}"),
                 }
@@ -214,7 +362,7 @@ impl Listeners {
 }
 
 /// How many sockets share each address (SO_REUSEPORT), spreading accepts over cores.
-fn accept_sockets() -> usize {
+pub fn accept_sockets() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
 }
 
@@ -261,30 +409,108 @@ fn bind_one(addr: SocketAddr, reuse_port: bool, freebind: bool) -> io::Result<st
     Ok(socket.into())
 }
 
+static ACCEPT_ERROR_LOG: RateLimitedLog = RateLimitedLog::new();
+
+/// Notes a failed accept (metric, rate-limited log) and waits a moment when the cause is
+/// a shortage (descriptors, memory) that retrying at once would only spin on.
+pub async fn accept_failed(what: &str, e: &io::Error) {
+    let local = crate::metrics::local_reason(e);
+    if let Some(reason) = local {
+        crate::metrics::local_error(2, reason);
+    }
+    if let Some(suppressed) = ACCEPT_ERROR_LOG.admit() {
+        tracing::error!(suppressed, "{what}: accept failed: {e}");
+    }
+    let pause = if local.is_some() { 100 } else { 10 };
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// Accepts on one socket. A place under the ceiling is taken only once a client is
+/// waiting on this very socket, and before it is accepted: at the ceiling the client
+/// stays in the backlog, and an idle socket holds no place another could use.
 async fn accept_loop(
-    socket: TcpListener,
+    socket: AsyncFd<std::net::TcpListener>,
     listener: Arc<ArcSwap<Listener>>,
     settings: Arc<ArcSwap<Settings>>,
     conns: Arc<Connections>,
+    ceiling: Arc<Ceiling>,
 ) {
     loop {
-        match socket.accept().await {
+        let mut ready = match socket.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                accept_failed(&format!("listener {}", listener.load().name), &e).await;
+                continue;
+            }
+        };
+        let place = ceiling.take().await;
+        let accepted = match ready.try_io(|s| s.get_ref().accept()) {
+            Ok(result) => result.and_then(|(stream, peer)| {
+                stream.set_nonblocking(true)?;
+                Ok((TcpStream::from_std(stream)?, peer))
+            }),
+            // Nobody waiting after all (another wake-up took it): the place goes back.
+            Err(_would_block) => continue,
+        };
+        drop(ready);
+        match accepted {
             Ok((stream, peer)) => {
                 let l = listener.load_full();
                 let s = **settings.load();
-                tokio::spawn(proxy::serve(stream, peer, l, s, conns.clone()));
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    let _place = place;
+                    proxy::serve(stream, peer, l, s, conns).await;
+                });
             }
             Err(e) => {
-                // Out of file descriptors or memory: say so, and give the system a moment
-                // instead of spinning on the same error.
-                tracing::error!(listener = %listener.load().name, "accept failed: {e}");
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-                ) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                drop(place);
+                let what = format!("listener {}", listener.load().name);
+                accept_failed(&what, &e).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_accept_that_fails_for_want_of_descriptors_waits_instead_of_spinning() {
+        let started = std::time::Instant::now();
+        accept_failed("test", &io::Error::from_raw_os_error(libc::EMFILE)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "retried after {waited:?}");
+        let started = std::time::Instant::now();
+        accept_failed("test", &io::Error::from_raw_os_error(libc::ECONNABORTED)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(10), "retried after {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_place_under_the_ceiling_is_given_back_on_drop() {
+        let ceiling = Ceiling::new(1);
+        let place = ceiling.take().await;
+        assert_eq!(ceiling.open(), 1);
+        let waiting = tokio::spawn({
+            let c = ceiling.clone();
+            async move { c.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a second place under a ceiling of 1");
+        drop(place);
+        let second = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the waiter gets the freed place")
+            .expect("task");
+        assert_eq!(ceiling.open(), 1);
+        assert!(
+            ceiling.paused() >= Duration::from_millis(40),
+            "paused {:?}",
+            ceiling.paused()
+        );
+        drop(second);
+        assert_eq!(ceiling.open(), 0);
     }
 }

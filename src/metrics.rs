@@ -30,6 +30,10 @@ pub const CONNECTIONS_CLOSED: &str = "gatehouse_connections_closed_total";
 pub const SERVER_CERT_EXPIRY: &str = "gatehouse_server_cert_expiry_timestamp_seconds";
 pub const SERVER_CERT_VALID: &str = "gatehouse_server_cert_valid";
 pub const SERVER_CERT_ISSUER_EXPECTED: &str = "gatehouse_server_cert_issuer_expected";
+pub const CONNECTIONS_MAX: &str = "gatehouse_connections_max";
+pub const CONNECTIONS_OPEN: &str = "gatehouse_connections_open";
+pub const ACCEPT_PAUSED: &str = "gatehouse_accept_paused_seconds_total";
+pub const LOCAL_ERRORS: &str = "gatehouse_local_errors_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -116,6 +120,77 @@ fn describe() {
         SERVER_CERT_ISSUER_EXPECTED,
         "1 when a server's certificate for a name has the expected issuer (or none is expected), else 0."
     );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections holding a place under the ceiling now."
+    );
+    describe_counter!(
+        ACCEPT_PAUSED,
+        Unit::Seconds,
+        "Time spent not accepting because the connection ceiling was reached, in whole seconds."
+    );
+    describe_counter!(
+        LOCAL_ERRORS,
+        "Failures of gatehouse itself (out of descriptors, memory, buffers or ports), by operation and reason; never held against a server."
+    );
+}
+
+/// The operations a local failure can hit, as `gatehouse_local_errors_total` labels them.
+pub const LOCAL_ERROR_OPS: [&str; 3] = ["connect", "check", "accept"];
+/// The reasons of a local failure; as [`local_reason`] gives them.
+pub const LOCAL_ERROR_REASONS: [&str; 5] = ["emfile", "enfile", "enobufs", "enomem", "eaddrnotavail"];
+
+/// The `reason` label of an error that is gatehouse's own (out of descriptors, memory,
+/// buffers or ephemeral ports), or `None` for any other error.
+pub fn local_reason(e: &std::io::Error) -> Option<usize> {
+    match e.raw_os_error()? {
+        libc::EMFILE => Some(0),
+        libc::ENFILE => Some(1),
+        libc::ENOBUFS => Some(2),
+        libc::ENOMEM => Some(3),
+        libc::EADDRNOTAVAIL => Some(4),
+        _ => None,
+    }
+}
+
+/// Counts a local failure of `op` (an index of [`LOCAL_ERROR_OPS`]).
+pub fn local_error(op: usize, reason: usize) {
+    static HANDLES: OnceLock<Vec<Vec<Counter>>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        LOCAL_ERROR_OPS
+            .iter()
+            .map(|o| {
+                LOCAL_ERROR_REASONS
+                    .iter()
+                    .map(|r| counter!(LOCAL_ERRORS, "op" => *o, "reason" => *r))
+                    .collect()
+            })
+            .collect()
+    });
+    if let Some(c) = handles.get(op).and_then(|r| r.get(reason)) {
+        c.increment(1);
+    }
+}
+
+/// How often histogram samples are folded into their buckets, whether or not anyone
+/// scrapes: without it they pile up in the exporter until the next render.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the exporter's pending samples every [`UPKEEP_INTERVAL`], for as long as the
+/// runtime runs.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
 }
 
 /// Handles of one listener.

@@ -33,8 +33,9 @@ use crate::ratelimit::RateLimitedLog;
 
 /// How long a client has to send a whole request head, from its first wait for one.
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
-/// Connections the admin listener holds at once, over every client.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections the admin listener holds at once, over every client: the connection
+/// ceiling reserves their descriptors.
+pub const MAX_CONNECTIONS: usize = crate::control::ADMIN_MAX_CLIENTS;
 /// The largest request head (request line and headers) accepted, in bytes.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// The most header lines a request may carry.
@@ -61,11 +62,8 @@ async fn accept_loop(listener: TcpListener, app: Weak<dyn Control>) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                if let Some(suppressed) = ACCEPT_LOG.admit() {
-                    tracing::warn!(suppressed, "admin accept failed: {e}");
-                }
-                // Out of descriptors or memory: give the system a moment.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Counted, logged at most once a second, and a pause: never a spin.
+                crate::listener::accept_failed("admin listener", &e).await;
                 continue;
             }
         };
@@ -121,7 +119,6 @@ async fn serve(stream: TcpStream, peer: SocketAddr, app: Weak<dyn Control>, slot
 
 pub(super) type Body = Full<Bytes>;
 
-static ACCEPT_LOG: RateLimitedLog = RateLimitedLog::new();
 static REFUSE_LOG: RateLimitedLog = RateLimitedLog::new();
 
 fn refuse(peer: SocketAddr, reason: &'static str, why: &dyn std::fmt::Display) {

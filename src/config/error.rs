@@ -53,6 +53,28 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The place of the first byte that is not UTF-8 (TOML files are UTF-8 only).
+pub(super) fn not_utf8(bytes: &[u8], e: &std::str::Utf8Error, origin: &str) -> Diagnostic {
+    let good = e.valid_up_to();
+    // Everything before it is valid UTF-8, so its lines and columns count as usual.
+    let text = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+    let (line, column) = line_column(text, good);
+    let shown: Vec<String> = bytes[good..]
+        .iter()
+        .take(e.error_len().unwrap_or(bytes.len() - good).min(4))
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    Diagnostic {
+        path: origin.to_string(),
+        line,
+        column,
+        message: format!(
+            "byte {} is not UTF-8: the configuration must be UTF-8 text (was it saved in another encoding?)",
+            shown.join(" ")
+        ),
+    }
+}
+
 /// Adds a suggestion to serde's "unknown field" and "unknown variant" messages.
 pub(super) fn explain_serde_message(message: &str) -> String {
     let message = message.trim_end();

@@ -56,6 +56,8 @@ pub struct Defaults {
     /// connection; `None` leaves the kernel's retransmissions (~15 min).
     pub user_timeout: Option<Duration>,
     pub forwarding: Forwarding,
+    /// Lowers the connection ceiling the open-file limit allows (over every listener).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Defaults {
@@ -68,6 +70,7 @@ impl Default for Defaults {
             keepalive: Some(Duration::from_secs(60)),
             user_timeout: Some(Duration::from_secs(30)),
             forwarding: Forwarding::default(),
+            max_connections: None,
         }
     }
 }
@@ -409,11 +412,19 @@ pub struct HttpCheck {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Validates the bytes of a file; a byte that is not UTF-8 is an error at its place.
+    pub fn parse_bytes(bytes: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(text, origin),
+            Err(e) => Err(ConfigError::Invalid(vec![error::not_utf8(bytes, &e, origin)])),
+        }
     }
 
     /// Validates `text`; `origin` names it in error messages.
@@ -474,5 +485,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;

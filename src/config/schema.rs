@@ -39,6 +39,7 @@ pub(super) struct RawDefaults {
     pub(super) keepalive: Option<S<String>>,
     pub(super) user_timeout: Option<S<String>>,
     pub(super) forwarding: Option<Forwarding>,
+    pub(super) max_connections: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -351,6 +351,10 @@ impl Validator<'_> {
             keepalive,
             user_timeout,
             forwarding: raw.forwarding.unwrap_or_default(),
+            max_connections: raw
+                .max_connections
+                .as_ref()
+                .map(|m| self.integer("max_connections", &Some(m.clone()), 1..10_000_001, 1) as usize),
         }
     }
 

@@ -34,11 +34,14 @@ impl Conduit for Auto {
     }
 
     fn fill(&mut self, src: &TcpStream) -> io::Result<Filled> {
-        if self.splicing {
-            let pipe = match self.pipe.as_mut() {
-                Some(p) => p,
-                None => self.pipe.insert(Pipe::take()?),
-            };
+        if self.splicing && self.pipe.is_none() {
+            // No pipe to be had (the budget is spent, or pipe2 failed): copy this burst.
+            match Pipe::take() {
+                Ok(p) => self.pipe = Some(p),
+                Err(_) => self.splicing = false,
+            }
+        }
+        if let (true, Some(pipe)) = (self.splicing, self.pipe.as_mut()) {
             return pipe.fill(src);
         }
         let buffer = match self.buffer.as_mut() {

@@ -397,6 +397,15 @@ mod copy;
 #[cfg(target_os = "linux")]
 mod splice;
 
+/// Sets how many splice pipes may be alive at once; past it bursts are copied. The
+/// connection ceiling counts on it (`edge::fd_budget`).
+pub fn set_max_pipes(max: u64) {
+    #[cfg(target_os = "linux")]
+    splice::set_max_pipes(max);
+    #[cfg(not(target_os = "linux"))]
+    let _ = max;
+}
+
 #[cfg(test)]
 mod tests {
     use super::End;

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
@@ -12,6 +13,16 @@ use super::Filled;
 /// 1 MiB that `/proc/sys/fs/pipe-max-size` allows unprivileged processes.
 const SIZE: usize = 256 * 1024;
 const POOL_MAX: usize = 64;
+
+/// Pipes alive (pooled or in use) and how many may be: the connection ceiling counts
+/// on no more (see `edge::fd_budget`). Past it a burst is copied instead.
+static ALIVE: AtomicU64 = AtomicU64::new(0);
+static MAX: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sets how many pipes may be alive at once over the process.
+pub fn set_max_pipes(max: u64) {
+    MAX.store(max, Ordering::Release);
+}
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
@@ -26,9 +37,15 @@ pub struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
+        let max = MAX.load(Ordering::Acquire);
+        if ALIVE.fetch_add(1, Ordering::AcqRel) >= max {
+            ALIVE.fetch_sub(1, Ordering::AcqRel);
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "the pipe budget is spent"));
+        }
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            ALIVE.fetch_sub(1, Ordering::AcqRel);
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
@@ -49,6 +66,12 @@ impl Pipe {
             capacity,
             pending: 0,
         })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,0 +1,457 @@
+//! Gatehouse under its own limits: with few file descriptors it stops accepting at its
+//! connection ceiling (clients wait in the backlog) instead of failing connects and
+//! blaming its servers, it does not spin, and its memory per connection stays flat
+//! with nobody scraping `/metrics`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{http, server, status, wait_until, Backend, Gatehouse, BIN};
+
+/// Raises this test process's own open-file limit to its hard limit (the clients need
+/// hundreds of sockets).
+fn raise_own_limit() -> u64 {
+    gatehouse::edge::fd_budget::raise_nofile_limit().map_or(0, |l| l.soft)
+}
+
+/// Starts gatehouse on `config` with `RLIMIT_NOFILE` set to `nofile` (soft and hard).
+fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
+    let (g, _) = Gatehouse::start_command(config, |path| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(path);
+        let limit = libc::rlimit {
+            rlim_cur: nofile as libc::rlim_t,
+            rlim_max: nofile as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe; `limit` is a plain value copied in.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    })
+    .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
+    g
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th
+    // field of the line, stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Resident memory of the process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One short connection: send a line, read it back, close. The time it took.
+fn ping(addr: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+    ping_and_hold(addr, timeout, Duration::ZERO)
+}
+
+/// Like [`ping`], keeping the connection open for `hold` after the echo.
+fn ping_and_hold(addr: SocketAddr, timeout: Duration, hold: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(b"ping\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    if &buf != b"ping\n" {
+        return Err(format!("got {buf:?}"));
+    }
+    let took = started.elapsed();
+    thread::sleep(hold);
+    Ok(took)
+}
+
+/// The value of the first sample of `name` in a Prometheus exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_server() {
+    if raise_own_limit() < 2048 {
+        skip!("this process may not open 2048 files (the clients need them)");
+    }
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "tcp", interval = "300ms", timeout = "1s", rise = 1, fall = 2 }"#,
+        "",
+    );
+    let g = start_with_nofile(&config, 256);
+    let front = g.addr("front");
+    let admin = g.admin();
+    let ceiling = status(admin)["ceiling"]["max"].as_u64().expect("ceiling in status");
+    assert!(
+        (8..128).contains(&ceiling),
+        "with 256 descriptors the ceiling is {ceiling} connections"
+    );
+
+    let cpu_before = cpu_time(g.pid());
+    let started = Instant::now();
+    // 60 admin connections that connect and say nothing, held through the storm.
+    let admins: Vec<TcpStream> = (0..60)
+        .filter_map(|_| TcpStream::connect_timeout(&admin, Duration::from_secs(5)).ok())
+        .collect();
+    // 600 clients at once, each holding its connection 250 ms after its echo: about
+    // nine rounds through the ceiling.
+    let clients = 600;
+    let barrier = Arc::new(Barrier::new(clients));
+    let served = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (barrier, served, slowest, failures) =
+                (barrier.clone(), served.clone(), slowest.clone(), failures.clone());
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    match ping_and_hold(front, Duration::from_secs(30), Duration::from_millis(250)) {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            slowest.fetch_max(started.elapsed().as_millis() as usize, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                })
+                .expect("spawn client")
+        })
+        .collect();
+    // The admin API answers while the storm is on.
+    let (code, body) = http(admin, "GET", "/healthz", &[]);
+    assert_eq!(code, 200, "/healthz during the storm: {body}");
+    for t in threads {
+        let _ = t.join();
+    }
+    let storm = started.elapsed();
+    let cpu = cpu_time(g.pid()).saturating_sub(cpu_before);
+    drop(admins);
+
+    let failures = failures.lock().unwrap().clone();
+    let served = served.load(Ordering::Relaxed);
+    let (code, metrics) = http(admin, "GET", "/metrics", &[]);
+    assert_eq!(code, 200);
+    let paused = status(admin)["ceiling"]["accept_paused_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let local_errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_local_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0;
+    eprintln!(
+        "storm: {served}/{clients} clients served in {storm:?} (slowest {} ms) under a ceiling of {ceiling}; \
+         gatehouse CPU {cpu:?} ({:.0} % of one core); accepting paused {paused:.2} s; local errors {local_errors}",
+        slowest.load(Ordering::Relaxed),
+        cpu.as_secs_f64() * 100.0 / storm.as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} clients failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(served, clients);
+    assert!(
+        cpu.as_secs_f64() < 0.5 * storm.as_secs_f64(),
+        "gatehouse used {cpu:?} of CPU over a {storm:?} storm: it spins"
+    );
+    assert!(
+        paused > 0.0,
+        "600 clients over a ceiling of {ceiling} never paused accepting"
+    );
+    assert_eq!(
+        local_errors, 0.0,
+        "under its ceiling gatehouse never ran short of descriptors"
+    );
+    assert_eq!(
+        metric(&metrics, "gatehouse_connections_max"),
+        Some(ceiling as f64),
+        "the ceiling in /metrics"
+    );
+
+    // No server was blamed, by traffic or by its check.
+    assert_eq!(common::server_state(admin, "pool", "a"), "up");
+    let log = g.log();
+    for blame in ["consecutive connect failures", " DOWN", "Too many open files"] {
+        assert!(!log.contains(blame), "the log blames someone ({blame:?}):\n{log}");
+    }
+
+    // A new client after the storm is served at once.
+    assert!(
+        wait_until(Duration::from_secs(5), || status(admin)["ceiling"]["open"].as_u64()
+            <= Some(ceiling.min(8))),
+        "connections did not close after the storm"
+    );
+    let after = ping(front, Duration::from_secs(5)).expect("a client after the storm");
+    eprintln!("storm: a new client after it was served in {after:?}");
+    assert!(
+        after < Duration::from_millis(100),
+        "a client after the storm took {after:?}"
+    );
+    let (code, _) = http(admin, "GET", "/healthz", &[]);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn memory_per_connection_is_flat_with_nobody_scraping() {
+    raise_own_limit();
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    // No admin listener: nobody can scrape, and nothing renders the metrics.
+    let config = format!(
+        r#"[[listener]]
+name = "front"
+bind = ["127.0.0.1:0"]
+backend = "pool"
+
+[backend.pool]
+servers = [{}]
+health = {{ check = "none" }}
+"#,
+        server("a", backend.addr)
+    );
+    let g = Gatehouse::start_with(&config, &[("RUST_LOG", "warn")]).expect("gatehouse starts");
+    let front = g.addr("front");
+    let started = Instant::now();
+    let run = |count: usize| {
+        let workers = 8;
+        let threads: Vec<_> = (0..workers)
+            .map(|w| {
+                thread::spawn(move || {
+                    for _ in (w..count).step_by(workers) {
+                        ping(front, Duration::from_secs(10)).expect("a short connection");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+    };
+    run(10_000);
+    let first = rss_kib(g.pid());
+    run(40_000);
+    let end = rss_kib(g.pid());
+    let took = started.elapsed();
+    eprintln!(
+        "memory: RSS {first} KiB after 10,000 connections, {end} KiB after 50,000 ({:+} KiB); took {took:?}",
+        end as i64 - first as i64
+    );
+    assert!(first > 0 && end > 0, "no RSS read");
+    // Within 1 MiB (the issue asks 2 MB): without the upkeep timer the samples alone
+    // added 1.7 MiB here.
+    assert!(
+        end.abs_diff(first) < 1024,
+        "RSS went from {first} KiB to {end} KiB over 40,000 connections"
+    );
+}
+
+#[test]
+fn at_the_ceiling_a_client_waits_in_the_backlog_until_a_connection_closes() {
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "none" }"#,
+        "max_connections = 2",
+    );
+    let g = Gatehouse::start(&config);
+    let (front, admin) = (g.addr("front"), g.admin());
+    assert_eq!(status(admin)["ceiling"]["max"].as_u64(), Some(2));
+
+    let mut first = common::connect(front);
+    let mut second = common::connect(front);
+    for s in [&mut first, &mut second] {
+        s.write_all(b"ping\n").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("served under the ceiling");
+    }
+    // The third is taken in by the kernel, not by gatehouse: no answer yet.
+    let mut third = common::connect(front);
+    third.write_all(b"ping\n").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 5];
+    let early = third.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the third client was served over a ceiling of 2: {early:?}"
+    );
+    let c = status(admin)["ceiling"].clone();
+    assert_eq!(c["open"].as_u64(), Some(2), "{c}");
+
+    // One closes: the third is accepted and served at once.
+    let closed = Instant::now();
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    third.read_exact(&mut buf).expect("served once a place is free");
+    let waited = closed.elapsed();
+    eprintln!("ceiling: the waiting client was served {waited:?} after a connection closed");
+    assert_eq!(&buf, b"ping\n");
+    assert!(
+        waited < Duration::from_secs(1),
+        "served {waited:?} after a place was free"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", &[]);
+    assert_eq!(metric(&metrics, "gatehouse_connections_max"), Some(2.0));
+    assert!(
+        metric(&metrics, "gatehouse_accept_paused_seconds_total").is_some(),
+        "{metrics}"
+    );
+    let paused = status(admin)["ceiling"]["accept_paused_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(paused >= 0.3, "paused {paused} s while the third client waited");
+    assert_eq!(backend.accepted(), 3);
+}
+
+/// Sets the soft open-file limit of a running process (its hard limit stays 256).
+fn set_nofile(pid: i32, nofile: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: nofile as libc::rlim_t,
+        rlim_max: 256,
+    };
+    // SAFETY: prlimit on our own child, with a valid rlimit and no old value wanted.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The lowest descriptor number the process does not use.
+fn lowest_free_fd(pid: i32) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    (0..).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
+/// The sum of `gatehouse_local_errors_total` samples with label `op`.
+fn local_errors(admin: SocketAddr, op: &str) -> f64 {
+    let (_, metrics) = http(admin, "GET", "/metrics", &[]);
+    let label = format!("op=\"{op}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_local_errors_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
+#[test]
+fn out_of_descriptors_gatehouse_blames_itself_not_its_server_and_does_not_spin() {
+    raise_own_limit();
+    let backend = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let config = common::config(
+        &[server("a", backend.addr)],
+        r#"health = { check = "tcp", interval = "200ms", timeout = "1s", rise = 1, fall = 1 }
+error_limit = 1"#,
+        "",
+    );
+    let g = start_with_nofile(&config, 256);
+    let (front, admin) = (g.addr("front"), g.admin());
+    ping(front, Duration::from_secs(5)).expect("served before the shortage");
+
+    // One descriptor left: a client can be accepted, but no socket to its server opened.
+    let free = lowest_free_fd(g.pid());
+    set_nofile(g.pid(), free + 1);
+    let mut refused = 0;
+    for _ in 0..10 {
+        if ping(front, Duration::from_secs(2)).is_err() {
+            refused += 1;
+        }
+    }
+    let connect_errors = {
+        set_nofile(g.pid(), 256);
+        local_errors(admin, "connect")
+    };
+    eprintln!(
+        "shortage: {refused}/10 clients not served with one descriptor left; {connect_errors} local connect errors"
+    );
+    assert_eq!(
+        common::server_state(admin, "pool", "a"),
+        "up",
+        "a local failure was held against the server"
+    );
+    assert!(
+        connect_errors >= 1.0,
+        "no local connect error counted ({refused} clients refused)"
+    );
+
+    // No descriptor left at all: accepts fail on both listeners, and checks cannot run.
+    let cpu_before = cpu_time(g.pid());
+    let started = Instant::now();
+    set_nofile(g.pid(), 3);
+    let waiting: Vec<TcpStream> = (0..20)
+        .filter_map(|i| {
+            let to = if i % 2 == 0 { front } else { admin };
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let cpu = cpu_time(g.pid()).saturating_sub(cpu_before);
+    let span = started.elapsed();
+    set_nofile(g.pid(), 256);
+    drop(waiting);
+    eprintln!(
+        "shortage: with no descriptor left gatehouse used {cpu:?} of CPU in {span:?} ({:.0} % of one core)",
+        cpu.as_secs_f64() * 100.0 / span.as_secs_f64()
+    );
+    assert!(
+        cpu.as_secs_f64() < 0.3 * span.as_secs_f64(),
+        "it spins: {cpu:?} of CPU in {span:?}"
+    );
+    let (accepts, checks) = (local_errors(admin, "accept"), local_errors(admin, "check"));
+    eprintln!("shortage: {accepts} local accept errors, {checks} local check errors");
+    assert!(accepts >= 1.0, "no local accept error counted");
+    assert!(checks >= 1.0, "no local check error counted");
+    assert_eq!(common::server_state(admin, "pool", "a"), "up");
+    let log = g.log();
+    for blame in ["consecutive connect failures", " DOWN"] {
+        assert!(!log.contains(blame), "the log blames the server ({blame:?}):\n{log}");
+    }
+    let accept_lines = log.matches("accept failed").count();
+    assert!(
+        accept_lines <= 3,
+        "{accept_lines} accept failure lines in about 2 s: not rate-limited\n{log}"
+    );
+    let after = ping(front, Duration::from_secs(5)).expect("served after the shortage");
+    assert!(
+        after < Duration::from_millis(100),
+        "a client after the shortage took {after:?}"
+    );
+}
