@@ -2,6 +2,7 @@
 //! client's source address (clients bind 127.0.0.x or `::1`), and an admin listener
 //! that keeps answering `/healthz` and `/metrics` while slow clients hold connections.
 
+#[macro_use]
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -345,7 +346,7 @@ fn admin_answers_within_a_second_while_200_slow_clients_hold_connections() {
         reopened[1],
         refused
     );
-    eprintln!("slowloris: {report}");
+    figure!("slowloris: {report}");
     assert!(
         failures.is_empty(),
         "every probe must be answered: {report}; failures: {failures:?}"

@@ -3,6 +3,7 @@
 //! blaming its servers, it does not spin, and its memory per connection stays flat
 //! with nobody scraping `/metrics`.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -179,7 +180,7 @@ fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_se
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>()
         + 0.0;
-    eprintln!(
+    figure!(
         "storm: {served}/{clients} clients served in {storm:?} (slowest {} ms) under a ceiling of {ceiling}; \
          gatehouse CPU {cpu:?} ({:.0} % of one core); accepting paused {paused:.2} s; local errors {local_errors}",
         slowest.load(Ordering::Relaxed),
@@ -224,7 +225,7 @@ fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_se
         "connections did not close after the storm"
     );
     let after = ping(front, Duration::from_secs(5)).expect("a client after the storm");
-    eprintln!("storm: a new client after it was served in {after:?}");
+    figure!("storm: a new client after it was served in {after:?}");
     assert!(
         after < Duration::from_millis(100),
         "a client after the storm took {after:?}"
@@ -273,7 +274,7 @@ health = {{ check = "none" }}
     run(40_000);
     let end = rss_kib(g.pid());
     let took = started.elapsed();
-    eprintln!(
+    figure!(
         "memory: RSS {first} KiB after 10,000 connections, {end} KiB after 50,000 ({:+} KiB); took {took:?}",
         end as i64 - first as i64
     );
@@ -324,7 +325,7 @@ fn at_the_ceiling_a_client_waits_in_the_backlog_until_a_connection_closes() {
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     third.read_exact(&mut buf).expect("served once a place is free");
     let waited = closed.elapsed();
-    eprintln!("ceiling: the waiting client was served {waited:?} after a connection closed");
+    figure!("ceiling: the waiting client was served {waited:?} after a connection closed");
     assert_eq!(&buf, b"ping\n");
     assert!(
         waited < Duration::from_secs(1),
@@ -401,7 +402,7 @@ error_limit = 1"#,
         set_nofile(g.pid(), 256);
         local_errors(admin, "connect")
     };
-    eprintln!(
+    figure!(
         "shortage: {refused}/10 clients not served with one descriptor left; {connect_errors} local connect errors"
     );
     assert_eq!(
@@ -431,7 +432,7 @@ error_limit = 1"#,
     let span = started.elapsed();
     set_nofile(g.pid(), 256);
     drop(waiting);
-    eprintln!(
+    figure!(
         "shortage: with no descriptor left gatehouse used {cpu:?} of CPU in {span:?} ({:.0} % of one core)",
         cpu.as_secs_f64() * 100.0 / span.as_secs_f64()
     );
@@ -440,7 +441,7 @@ error_limit = 1"#,
         "it spins: {cpu:?} of CPU in {span:?}"
     );
     let (accepts, checks) = (local_errors(admin, "accept"), local_errors(admin, "check"));
-    eprintln!("shortage: {accepts} local accept errors, {checks} local check errors");
+    figure!("shortage: {accepts} local accept errors, {checks} local check errors");
     assert!(accepts >= 1.0, "no local accept error counted");
     assert!(checks >= 1.0, "no local check error counted");
     assert_eq!(common::server_state(admin, "pool", "a"), "up");

@@ -9,6 +9,7 @@
 //! its connection end, for an idle stream and for a stream with data in flight. Needs
 //! root and `ip` (iproute2); skipped loudly otherwise.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -485,7 +486,7 @@ fn a_vanished_server_with_on_down_close_ends_its_streams_within_the_health_check
     let bound = (interval * fall).mul_f64(1.1) + timeout + SLACK;
     let (idle_after, idle_how) = idle.ended_after(vanished);
     let (busy_after, busy_how) = busy.ended_after(vanished);
-    eprintln!("on_down=close: idle stream ended after {idle_after:?} ({idle_how}), busy stream after {busy_after:?} ({busy_how}); bound {bound:?}");
+    figure!("on_down=close: idle stream ended after {idle_after:?} ({idle_how}), busy stream after {busy_after:?} ({busy_how}); bound {bound:?}");
     assert!(
         idle_after <= bound,
         "idle stream ended {idle_after:?} after the server vanished ({idle_how}); bound {bound:?}"
@@ -523,7 +524,7 @@ fn a_vanished_server_with_on_down_keep_ends_its_streams_by_user_timeout_and_keep
     let vanished = net.vanish(&net.server);
     let (busy_after, busy_how) = busy.ended_after(vanished);
     let (idle_after, idle_how) = idle.ended_after(vanished);
-    eprintln!(
+    figure!(
         "on_down=keep: busy stream ended after {busy_after:?} ({busy_how}; bound {:?}), idle stream after {idle_after:?} ({idle_how}; bound {:?})",
         USER_TIMEOUT + SLACK,
         keepalive_bound() + SLACK
@@ -565,7 +566,7 @@ fn a_vanished_client_releases_its_server_connections_by_user_timeout_and_keepali
 
     let vanished = net.vanish(&net.client);
     let [(busy_after, busy_how), (idle_after, idle_how)] = server_endings(&server, &g, vanished);
-    eprintln!(
+    figure!(
         "vanished client: server's flooding stream released after {busy_after:?} ({busy_how}; bound {:?}), idle stream after {idle_after:?} ({idle_how}; bound {:?})",
         USER_TIMEOUT + SLACK,
         keepalive_bound() + SLACK

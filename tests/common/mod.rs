@@ -2,7 +2,7 @@
 //! written by the test, with its readiness read from the sd_notify socket the test
 //! plays; small backends (echo, named) on loopback; and a bounded HTTP client for
 //! the admin API. Every wait here has a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +14,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Prints a figure a test measured, and keeps it in `target/tmp/figures.txt`: `cargo
+/// test` hides what passing tests print, and `.ci/run` shows that file after the tests.
+macro_rules! figure {
+    ($($arg:tt)*) => {
+        $crate::common::record_figure(module_path!(), &format!($($arg)*))
+    };
+}
+
+/// See [`figure!`].
+pub fn record_figure(test: &str, line: &str) {
+    eprintln!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "[{test}] {line}");
+    }
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 

@@ -357,6 +357,25 @@ pub fn move_after(client: &ClientLoop, t: Instant, gateway: &str) -> Move {
     }
 }
 
+impl Move {
+    /// No new connection was refused or closed by a gateway while the VIP moved: each
+    /// was served, or (at most one) was caught by the move itself — accepted by the old
+    /// holder in the instant before the address left it, so that its answer could not
+    /// leave (a read that times out). That race is VRRP's, not gatehouse's: no
+    /// connection state moves with the address (docs/ha-pair.md).
+    pub fn assert_none_refused(&self, when: &str) {
+        let caught_by_move = self.errors.iter().filter(|e| e.starts_with("read: ")).count();
+        assert!(
+            self.failed == caught_by_move && caught_by_move <= 1,
+            "{} of {} new connections failed {when}, {} of them not caught by the move itself: {:?}",
+            self.failed,
+            self.attempts,
+            self.failed - caught_by_move,
+            self.errors
+        );
+    }
+}
+
 /// Opens `n` long-lived connections (a kubectl watch) through the VIP from the client
 /// namespace; each must reach `gateway`.
 pub fn long_lived(ns: &str, n: usize, gateway: &'static str) -> Vec<TcpStream> {
