@@ -74,21 +74,6 @@ fn set_server(g: &Gatehouse, server: &str, action: &str) {
     assert_eq!(code, 200, "{action} pool/{server}: {body}");
 }
 
-/// The sum of the series of metric `name` whose labels include `labels`.
-fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (code, body) = http(admin, "GET", "/metrics", &[]);
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (n == name && all).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 /// A client connection from source address `src` (any address in 127.0.0.0/8).
 fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -52,21 +52,6 @@ fn v4(s: &str) -> IpAddr {
     s.parse::<Ipv4Addr>().unwrap().into()
 }
 
-/// The sum of the series of `name` whose labels include `labels`.
-fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (code, body) = http(admin, "GET", "/metrics", &[]);
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (n == name && all).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 const REJECTED: &str = "gatehouse_connections_rejected_total";
 
 #[test]
