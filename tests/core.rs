@@ -74,20 +74,8 @@ fn set_server(g: &Gatehouse, server: &str, action: &str) {
     assert_eq!(code, 200, "{action} pool/{server}: {body}");
 }
 
-/// A client connection from source address `src` (any address in 127.0.0.0/8).
-fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::new(src.into(), 0).into())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    s.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {to} from {src}: {e}"));
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
 fn name_from(src: Ipv4Addr, to: SocketAddr) -> String {
-    let mut s = connect_from(src, to);
+    let mut s = connect_from(src.into(), to);
     let name = read_line(&mut s).unwrap_or_else(|e| panic!("read the server's name from {src}: {e}"));
     assert!(!name.is_empty(), "client {src} was closed before a server named itself");
     name
