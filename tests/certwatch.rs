@@ -414,63 +414,6 @@ fn each_sni_gets_its_own_handshake_judged_against_the_system_roots() {
 
 // ---------------------------------------------------------------- status page
 
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// Runs headless Chromium on `url` with `extra` arguments (`--dump-dom`, `--screenshot=`),
-/// killed after 60 s; returns its stdout.
-fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=4000",
-        ])
-        .args(extra)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("run chromium");
-    let pid = child.id() as i32;
-    let killer = std::thread::spawn(move || {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            // SAFETY: kill(2) with signal 0 only asks whether our child's group is alive.
-            if unsafe { libc::kill(-pid, 0) } != 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // SAFETY: kill(2) on the process group of the child we started in its own group.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    });
-    let mut out = String::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = child.wait().unwrap();
-    // SAFETY: as above; the group may outlive its leader.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-    let _ = killer.join();
-    assert!(status.success(), "chromium exited with {status}");
-    out
-}
-
 /// (server, sni, data-valid) of every certificate item of the rendered page.
 fn cert_items(dom: &str) -> Vec<(String, String, String)> {
     let attr = |tag: &str, name: &str| -> Option<String> {
@@ -529,18 +472,7 @@ fn status_page_shows_each_certificate_and_why_it_is_bad() {
         .and_then(Path::parent)
         .unwrap()
         .join("certwatch-page.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &bin,
-        &profile.path().join("p2"),
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900".into(),
-            "--hide-scrollbars".into(),
-        ],
-        &url,
-    );
-    let png = std::fs::read(&shot).unwrap_or_default();
+    let png = screenshot(&bin, &profile.path().join("p2"), &url, &shot);
     assert!(png.starts_with(b"\x89PNG"), "no screenshot at {}", shot.display());
     eprintln!(
         "status page with certificates: {} ({} bytes)",

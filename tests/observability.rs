@@ -12,21 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
 // ---------------------------------------------------------------- helpers
-
-/// The path of `name` in PATH, if it is installed.
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -245,23 +236,6 @@ health = {{ check = "tcp", interval = "200ms" }}
         connections: sizes.len(),
         clients,
         _echo: vec![a, c],
-    }
-}
-
-/// Kills a child process we started (and its process group) when dropped.
-struct Reaper {
-    child: Child,
-    group: bool,
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if self.group {
-            // SAFETY: kill(2) on the process group of a child we started in its own group.
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -591,53 +565,6 @@ fn victoria_metrics_scrapes_server_state_and_byte_counters() {
 
 // ---------------------------------------------------------------- status page
 
-/// Runs headless Chromium on `url` with `extra` arguments, killed after 60 s;
-/// returns its stdout.
-fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let out_path = profile.with_extension("out");
-    let err_path = profile.with_extension("err");
-    let child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("run chromium");
-    let mut run = Reaper { child, group: true };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = run.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "chromium did not finish within 60 s; stderr:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(run);
-    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(status.success(), "chromium exited with {status}:\n{err}");
-    std::fs::read_to_string(&out_path).unwrap_or_default()
-}
-
 /// The value of attribute `name` in the start tag `tag`.
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
@@ -750,21 +677,7 @@ health = {{ check = "tcp", interval = "200ms" }}
 
     // For a person to look at (the README's picture comes from here).
     let shot = screenshot_path();
-    if let Some(dir) = shot.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &bin,
-        &profiles.path().join("p3"),
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900".into(),
-            "--hide-scrollbars".into(),
-        ],
-        &url,
-    );
-    let png = std::fs::read(&shot).unwrap_or_default();
+    let png = screenshot(&bin, &profiles.path().join("p3"), &url, &shot);
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "no screenshot at {} ({} bytes)",

@@ -516,3 +516,97 @@ pub fn free_port(ip: std::net::IpAddr) -> Option<u16> {
         .ok()
         .map(|a| a.port())
 }
+
+/// The path of `name` in PATH, if it is installed.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Kills a child process we started (and its process group) when dropped.
+pub struct Reaper {
+    pub child: Child,
+    pub group: bool,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.group {
+            // SAFETY: kill(2) on the process group of a child we started in its own group.
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs headless Chromium (`bin`, from [`tool`]) on `url` with `extra` arguments
+/// (`--dump-dom`, `--screenshot=`), its profile in `profile`, killed after 60 s;
+/// returns its stdout.
+pub fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let out_path = profile.with_extension("out");
+    let err_path = profile.with_extension("err");
+    let child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("run chromium");
+    let mut run = Reaper { child, group: true };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = run.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "chromium did not finish within 60 s; stderr:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(run);
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "chromium exited with {status}:\n{err}");
+    std::fs::read_to_string(&out_path).unwrap_or_default()
+}
+
+/// A 1280×900 screenshot of `url` written to `shot` by [`chromium`] (profile in
+/// `profile`), a stale one removed first; returns the file's bytes (none if it wrote none).
+pub fn screenshot(bin: &Path, profile: &Path, url: &str, shot: &Path) -> Vec<u8> {
+    if let Some(dir) = shot.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let _ = std::fs::remove_file(shot);
+    chromium(
+        bin,
+        profile,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900".into(),
+            "--hide-scrollbars".into(),
+        ],
+        url,
+    );
+    std::fs::read(shot).unwrap_or_default()
+}
