@@ -610,3 +610,43 @@ pub fn screenshot(bin: &Path, profile: &Path, url: &str, shot: &Path) -> Vec<u8>
     );
     std::fs::read(shot).unwrap_or_default()
 }
+
+/// Runs `ip ARGS` (iproute2); Err says which command failed and why.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Moves the calling thread into network namespace `ns`: sockets it makes from now on
+/// live there.
+pub fn enter(ns: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`: sockets it makes live there.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter(&ns).unwrap_or_else(|e| panic!("enter {ns}: {e}"));
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}

@@ -24,9 +24,9 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Gatehouse, BIN};
+use common::{ip, wait_until, Gatehouse, BIN};
 use keepalived::{ctl, missing_tool, start_gatehouse, Keepalived};
-use net::{admin_get, ip, long_lived, move_after, what_long_lived_see, Attempt, ClientLoop, Net, Server};
+use net::{admin_get, long_lived, move_after, what_long_lived_see, Attempt, ClientLoop, Net, Server};
 
 const VIP: &str = "10.250.0.100";
 const LB1: &str = "10.250.0.11";

@@ -1,34 +1,18 @@
 //! The test's network: namespaces joined by a bridge, threads that enter them, the
 //! API-server stand-ins, and the client loop that measures what a move of the VIP costs.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::wait_until;
+use crate::common::{enter, in_ns, ip, wait_until};
 use crate::{ADMIN, BE1, BE2, CLIENT, LB1, LB2, VIP};
 
 // ---------------------------------------------------------------- namespaces
-
-/// Runs `ip ARGS`; its failure is the test's.
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// The namespaces of one run, deleted (with what runs in them stopped first) on drop.
 pub struct Net {
@@ -85,27 +69,6 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", ns]);
         }
     }
-}
-
-/// Moves the calling thread into namespace `ns`: sockets it makes from now on live there.
-pub fn enter(ns: &str) -> std::io::Result<()> {
-    let f = File::open(format!("/run/netns/{ns}"))?;
-    // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    thread::spawn(move || {
-        enter(&ns).unwrap_or_else(|e| panic!("enter {ns}: {e}"));
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
 }
 
 /// GET `path` from the admin API of the gatehouse in `ns`: (status, body).
