@@ -400,6 +400,14 @@ fn wait_close_lines(g: &Gatehouse, end: &str, count: usize) -> bool {
     })
 }
 
+/// Both streams' ends are in gatehouse's close log as `end` (bounded wait) and in
+/// `gatehouse_connections_closed_total` under `reason`.
+fn assert_both_closed(net: &Net, g: &Gatehouse, end: &str, reason: &str) {
+    assert!(wait_close_lines(g, end, 2), "two close lines say `{end}`:\n{}", g.log());
+    let m = metrics(net, g);
+    assert_eq!(closed(&m, reason), 2, "closed_total by reason:\n{m}");
+}
+
 // ---------------------------------------------------------------------------
 // The behaviours
 // ---------------------------------------------------------------------------
@@ -416,12 +424,14 @@ fn keepalive_bound() -> Duration {
     KEEPALIVE + USER_TIMEOUT + KEEPALIVE.min(Duration::from_secs(10))
 }
 
-fn liveness_defaults() -> String {
-    format!(
+/// No active check: only the sockets' own timers (KEEPALIVE, USER_TIMEOUT) can notice.
+fn liveness_config(server: SocketAddr) -> String {
+    let defaults = format!(
         "keepalive = \"{}ms\"\nuser_timeout = \"{}ms\"",
         KEEPALIVE.as_millis(),
         USER_TIMEOUT.as_millis()
-    )
+    );
+    config(server, &defaults, "health = { check = \"none\" }")
 }
 
 #[test]
@@ -464,13 +474,7 @@ fn a_vanished_server_with_on_down_close_ends_its_streams_within_the_health_check
         busy_after <= bound,
         "busy stream ended {busy_after:?} after the server vanished ({busy_how}); bound {bound:?}"
     );
-    assert!(
-        wait_close_lines(&g, "server down", 2),
-        "two close lines say `server down`:\n{}",
-        g.log()
-    );
-    let m = metrics(&net, &g);
-    assert_eq!(closed(&m, "server_down"), 2, "closed_total by reason:\n{m}");
+    assert_both_closed(&net, &g, "server down", "server_down");
 }
 
 #[test]
@@ -481,10 +485,7 @@ fn a_vanished_server_with_on_down_keep_ends_its_streams_by_user_timeout_and_keep
     };
     let server = start_server(&net);
     // No active check: only the sockets' own timers can notice.
-    let g = start_gatehouse(
-        &net,
-        &config(server.addr, &liveness_defaults(), "health = { check = \"none\" }"),
-    );
+    let g = start_gatehouse(&net, &liveness_config(server.addr));
     let front = g.addr("front");
     let idle = Client::open(&net, front, Mode::Echo);
     let busy = Client::open(&net, front, Mode::Sink);
@@ -507,13 +508,7 @@ fn a_vanished_server_with_on_down_keep_ends_its_streams_by_user_timeout_and_keep
         "idle stream ended {idle_after:?} after the server vanished ({idle_how}); keepalive bound {:?}",
         keepalive_bound()
     );
-    assert!(
-        wait_close_lines(&g, "server timed out", 2),
-        "two close lines say `server timed out`:\n{}",
-        g.log()
-    );
-    let m = metrics(&net, &g);
-    assert_eq!(closed(&m, "server_timed_out"), 2, "closed_total by reason:\n{m}");
+    assert_both_closed(&net, &g, "server timed out", "server_timed_out");
 }
 
 #[test]
@@ -523,10 +518,7 @@ fn a_vanished_client_releases_its_server_connections_by_user_timeout_and_keepali
         Err(why) => skip!("{why}"),
     };
     let server = start_server(&net);
-    let g = start_gatehouse(
-        &net,
-        &config(server.addr, &liveness_defaults(), "health = { check = \"none\" }"),
-    );
+    let g = start_gatehouse(&net, &liveness_config(server.addr));
     let front = g.addr("front");
     let idle = Client::open(&net, front, Mode::Echo);
     // The server floods this client, as `kubectl logs -f` of a chatty pod would.
@@ -549,12 +541,6 @@ fn a_vanished_client_releases_its_server_connections_by_user_timeout_and_keepali
         "server-side idle stream released {idle_after:?} after the client vanished ({idle_how}); keepalive bound {:?}",
         keepalive_bound()
     );
-    assert!(
-        wait_close_lines(&g, "client timed out", 2),
-        "two close lines say `client timed out`:\n{}",
-        g.log()
-    );
-    let m = metrics(&net, &g);
-    assert_eq!(closed(&m, "client_timed_out"), 2, "closed_total by reason:\n{m}");
+    assert_both_closed(&net, &g, "client timed out", "client_timed_out");
     drop((idle, busy));
 }
