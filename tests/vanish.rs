@@ -201,6 +201,23 @@ fn start_server(net: &Net) -> Server {
     Server { addr, ended }
 }
 
+/// Reads `r` in `buf_len` pieces, handing each to `got`, until the stream ends, a read
+/// fails or `got` fails; says which ("end of stream" or the error).
+fn read_until_end(mut r: impl Read, buf_len: usize, mut got: impl FnMut(&[u8]) -> std::io::Result<()>) -> String {
+    let mut buf = vec![0u8; buf_len];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return "end of stream".to_string(),
+            Err(e) => return e.to_string(),
+            Ok(n) => {
+                if let Err(e) = got(&buf[..n]) {
+                    return e.to_string();
+                }
+            }
+        }
+    }
+}
+
 fn serve(mut s: TcpStream, tx: mpsc::Sender<(Mode, Instant, String)>) {
     // Bounded even if nothing ever tells this connection it is over.
     s.set_read_timeout(Some(GIVE_UP)).ok();
@@ -215,43 +232,14 @@ fn serve(mut s: TcpStream, tx: mpsc::Sender<(Mode, Instant, String)>) {
         _ => Mode::Echo,
     };
     let how = match mode {
-        Mode::Sink => {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break "end of stream".to_string(),
-                    Err(e) => break e.to_string(),
-                    Ok(_) => {}
-                }
-            }
-        }
-        Mode::Echo => {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break "end of stream".to_string(),
-                    Err(e) => break e.to_string(),
-                    Ok(n) => {
-                        if let Err(e) = s.write_all(&buf[..n]) {
-                            break e.to_string();
-                        }
-                    }
-                }
-            }
-        }
+        Mode::Sink => read_until_end(&s, 256 * 1024, |_| Ok(())),
+        Mode::Echo => read_until_end(&s, 64 * 1024, |data| (&s).write_all(data)),
         Mode::Flood => {
             let (done_tx, done) = mpsc::channel();
-            let mut reader = s.try_clone().expect("clone");
+            let reader = s.try_clone().expect("clone");
             let tx2 = done_tx.clone();
             thread::spawn(move || {
-                let mut b = [0u8; 4096];
-                let how = loop {
-                    match reader.read(&mut b) {
-                        Ok(0) => break "end of stream".to_string(),
-                        Err(e) => break e.to_string(),
-                        Ok(_) => {}
-                    }
-                };
+                let how = read_until_end(reader, 4096, |_| Ok(()));
                 let _ = tx2.send(how);
             });
             thread::spawn(move || {
@@ -304,18 +292,12 @@ impl Client {
         let sent = Arc::new(AtomicU64::new(0));
         let (tx, ended) = mpsc::channel();
         {
-            let (mut r, received, tx) = (stream.try_clone().unwrap(), received.clone(), tx.clone());
+            let (r, received, tx) = (stream.try_clone().unwrap(), received.clone(), tx.clone());
             thread::spawn(move || {
-                let mut b = vec![0u8; 64 * 1024];
-                let how = loop {
-                    match r.read(&mut b) {
-                        Ok(0) => break "end of stream".to_string(),
-                        Err(e) => break e.to_string(),
-                        Ok(n) => {
-                            received.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                    }
-                };
+                let how = read_until_end(r, 64 * 1024, |data| {
+                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                });
                 let _ = tx.send((Instant::now(), how));
             });
         }
