@@ -283,6 +283,29 @@ fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Names of the servers `n` connections reach when each is held open while the next is
+/// made (what least-connections balancing decides on), counted.
+fn spread_held(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut held = Vec::new();
+    let mut got = BTreeMap::new();
+    for _ in 0..n {
+        let mut s = connect(addr);
+        *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
+        held.push(s);
+    }
+    got
+}
+
+/// Kills the servers `names` of `section`, then waits until both proxies mark each down.
+fn kill_and_wait_down(servers: &mut Servers, pair: &Pair, section: &str, names: &[&str]) {
+    for name in names {
+        servers.kill(section, name);
+    }
+    for name in names {
+        pair.wait_down(section, name);
+    }
+}
+
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -308,8 +331,7 @@ fn gallade_round_robin_and_a_failed_check_behave_as_in_haproxy() {
             "{proxy}: ingress-https"
         );
     }
-    servers.kill("k8s-api", "reydau");
-    pair.wait_down("k8s-api", "reydau");
+    kill_and_wait_down(&mut servers, &pair, "k8s-api", &["reydau"]);
     for (proxy, addr) in pair.both("k8s-api") {
         let got = spread(addr, 12);
         assert_eq!(
@@ -343,15 +365,8 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
 
     // leastconn with connections held open: each new one goes to the least loaded.
     for (proxy, addr) in pair.both("leastconn") {
-        let mut held = Vec::new();
-        let mut got = BTreeMap::new();
-        for _ in 0..6 {
-            let mut s = connect(addr);
-            *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
-            held.push(s);
-        }
         assert_eq!(
-            got,
+            spread_held(addr, 6),
             counts(&[("a", 2), ("b", 2), ("c", 2)]),
             "{proxy}: least connections, 6 held"
         );
@@ -393,10 +408,7 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
             "{proxy}: primaries up"
         );
     }
-    servers.kill("failover", "p1");
-    servers.kill("failover", "p2");
-    pair.wait_down("failover", "p1");
-    pair.wait_down("failover", "p2");
+    kill_and_wait_down(&mut servers, &pair, "failover", &["p1", "p2"]);
     for (proxy, addr) in pair.both("failover") {
         assert_eq!(spread(addr, 10), counts(&[("b1", 10)]), "{proxy}: every primary down");
     }
@@ -412,8 +424,7 @@ fn balance_modes_pick_the_same_servers_as_haproxy() {
     }
 
     // A server that fails its check is out of rotation in both.
-    servers.kill("rr", "a");
-    pair.wait_down("rr", "a");
+    kill_and_wait_down(&mut servers, &pair, "rr", &["a"]);
     for (proxy, addr) in pair.both("rr") {
         assert_eq!(
             spread(addr, 10),
@@ -451,23 +462,13 @@ fn weighted_leastconn_and_its_backup_behave_as_in_haproxy() {
     let pair = Pair::start(&cfg, &servers, &[("inter 1s", "inter 300ms")]);
     // Six held connections over weights 2 and 1: four and two, the backup none.
     for (proxy, addr) in pair.both("postgres") {
-        let mut held = Vec::new();
-        let mut got = BTreeMap::new();
-        for _ in 0..6 {
-            let mut s = connect(addr);
-            *got.entry(read_line(&mut s).unwrap()).or_insert(0) += 1;
-            held.push(s);
-        }
         assert_eq!(
-            got,
+            spread_held(addr, 6),
             counts(&[("pg1", 4), ("pg2", 2)]),
             "{proxy}: weighted least connections, 6 held"
         );
     }
-    servers.kill("postgres", "pg1");
-    servers.kill("postgres", "pg2");
-    pair.wait_down("postgres", "pg1");
-    pair.wait_down("postgres", "pg2");
+    kill_and_wait_down(&mut servers, &pair, "postgres", &["pg1", "pg2"]);
     for (proxy, addr) in pair.both("postgres") {
         assert_eq!(spread(addr, 5), counts(&[("pg3", 5)]), "{proxy}: both primaries down");
     }
