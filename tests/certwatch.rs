@@ -10,7 +10,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -273,22 +272,8 @@ fn each_certificate_is_judged_in_metrics_and_status_and_the_server_stays_up_by_d
     }
     // The new families pass the linter operators' tools use.
     if let Some(promtool) = tool("promtool") {
-        use std::io::Write;
         let (_, body) = http(admin, "GET", "/metrics", &[]);
-        let mut child = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (_, said) = promtool_check_metrics(&promtool, &body);
         assert!(
             !said.contains("gatehouse_server_cert"),
             "promtool check metrics:\n{said}"

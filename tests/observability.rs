@@ -249,24 +249,10 @@ fn metrics_exposition_passes_promtool_lint() {
     let t = gatehouse_with_traffic();
     let body = metrics_text(t.g.admin());
     let families = body.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, report) = promtool_check_metrics(&promtool, &body);
     assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics found problems in {families} families ({}):\n{report}\n--- /metrics:\n{body}",
-        out.status
+        status.success() && report.trim().is_empty(),
+        "promtool check metrics found problems in {families} families ({status}):\n{report}\n--- /metrics:\n{body}"
     );
     assert!(families >= 14, "only {families} metric families in /metrics:\n{body}");
 }

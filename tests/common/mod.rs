@@ -650,3 +650,23 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .join()
     .expect("thread in namespace")
 }
+
+/// Runs `promtool check metrics` (`promtool`, from [`tool`]) on the exposition `body`:
+/// its exit status and what it said (stdout, then stderr).
+pub fn promtool_check_metrics(promtool: &Path, body: &str) -> (ExitStatus, String) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, said)
+}
