@@ -143,23 +143,13 @@ fn closed(metrics: &str, reason: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// One listener `front` on gatehouse's side towards the client, one server "pi".
 fn config(server: SocketAddr, defaults: &str, backend: &str) -> String {
-    format!(
-        r#"[defaults]
-{defaults}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "front"
-bind = ["{GW_TO_CLIENT}:0"]
-backend = "pool"
-
-[backend.pool]
-servers = [{{ name = "pi", address = "{server}" }}]
-{backend}
-"#
+    config_on(
+        &format!("{GW_TO_CLIENT}:0"),
+        &[common::server("pi", server)],
+        backend,
+        defaults,
     )
 }
 

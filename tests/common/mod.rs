@@ -376,6 +376,11 @@ pub fn server_state(admin: SocketAddr, backend: &str, server: &str) -> String {
 
 /// A minimal config: one listener on a fresh loopback address, one backend.
 pub fn config(servers: &[String], backend_extra: &str, defaults: &str) -> String {
+    config_on("127.0.0.1:0", servers, backend_extra, defaults)
+}
+
+/// [`config`] with listener `front` bound to `bind` (`ADDRESS:PORT`).
+pub fn config_on(bind: &str, servers: &[String], backend_extra: &str, defaults: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("  {s},")).collect();
     format!(
         r#"[defaults]
@@ -386,7 +391,7 @@ listen = "127.0.0.1:0"
 
 [[listener]]
 name = "front"
-bind = ["127.0.0.1:0"]
+bind = ["{bind}"]
 backend = "pool"
 
 [backend.pool]
