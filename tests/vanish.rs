@@ -14,7 +14,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -117,14 +116,7 @@ impl Drop for Net {
 
 /// Starts gatehouse inside the gatehouse namespace.
 fn start_gatehouse(net: &Net, config: &str) -> Gatehouse {
-    let ns = net.gw.clone();
-    let (g, _ready) = Gatehouse::start_command(config, move |path| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns, BIN, "--config"]).arg(path);
-        cmd
-    })
-    .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
-    g
+    Gatehouse::start_in_netns(&net.gw, config)
 }
 
 /// `/metrics` of a gatehouse whose admin listens on loopback inside its namespace.

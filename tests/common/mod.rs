@@ -473,6 +473,17 @@ impl Gatehouse {
         }
         Ok((g, msg))
     }
+
+    /// Starts gatehouse on `config` inside network namespace `ns` (`ip netns exec`).
+    pub fn start_in_netns(ns: &str, config: &str) -> Gatehouse {
+        Gatehouse::start_command(config, |path| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(BIN).arg("--config").arg(path);
+            cmd
+        })
+        .unwrap_or_else(|e| panic!("gatehouse in {ns}: {e}"))
+        .0
+    }
 }
 
 /// The sum of the series of metric `name` whose labels include `labels`.

@@ -36,13 +36,7 @@ health = {{ check = "tcp", interval = "500ms", timeout = "300ms", rise = 1, fall
 }
 
 pub fn start_gatehouse(ns: &str) -> Gatehouse {
-    Gatehouse::start_command(&gatehouse_config(), |config| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(BIN).arg("--config").arg(config);
-        cmd
-    })
-    .unwrap_or_else(|e| panic!("gatehouse in {ns}: {e}"))
-    .0
+    Gatehouse::start_in_netns(ns, &gatehouse_config())
 }
 
 /// The shipped keepalived.conf with the test's addresses; every swap must find its text,
