@@ -12,20 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A client connection from source address `src`.
+/// A client connection from source address `src`: made within 2 s, reads and writes
+/// bounded by 3 s (what `closed_at_once` and `echoes` wait at most).
 fn connect_from(src: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let domain = if src.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
-    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.set_write_timeout(Some(Duration::from_secs(3)))?;
-    Ok(s)
+    try_connect_from(src, to, Duration::from_secs(2), Duration::from_secs(3))
 }
 
 /// Whether a connection from `src` is forwarded: the echo backend sends back a line.

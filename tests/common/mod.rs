@@ -501,17 +501,31 @@ pub fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A client connection from source address `src` (any address in 127.0.0.0/8).
+/// A client connection from source address `src` (any address in 127.0.0.0/8); panics
+/// if it cannot be made within 5 s. Reads and writes give up after 10 s.
 pub fn connect_from(src: std::net::IpAddr, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    try_connect_from(src, to, Duration::from_secs(5), Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A client connection from source address `src`, made within `connect`, its reads and
+/// writes bounded by `io`; the error names the step that failed (same kind as the cause).
+pub fn try_connect_from(
+    src: std::net::IpAddr,
+    to: SocketAddr,
+    connect: Duration,
+    io: Duration,
+) -> std::io::Result<TcpStream> {
+    let step = |what: String| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
+    let s = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)
+        .map_err(step(format!("socket for {to}")))?;
     s.bind(&SocketAddr::new(src, 0).into())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    s.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {to} from {src}: {e}"));
+        .map_err(step(format!("bind {src}")))?;
+    s.connect_timeout(&to.into(), connect)
+        .map_err(step(format!("connect {to} from {src}")))?;
     let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+    s.set_read_timeout(Some(io))?;
+    s.set_write_timeout(Some(io))?;
+    Ok(s)
 }
 
 /// Whether `program` can be run (found on PATH).
