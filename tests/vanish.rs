@@ -335,6 +335,16 @@ impl Drop for Client {
     }
 }
 
+/// Two streams through listener `front` of `g`: an idle one (Echo, its path proven) and
+/// a busy one in `busy` mode, returned once 1 MiB has moved on the busy one.
+fn idle_and_busy(net: &Net, g: &Gatehouse, busy: Mode) -> (Client, Client) {
+    let front = g.addr("front");
+    let idle = Client::open(net, front, Mode::Echo);
+    let busy = Client::open(net, front, busy);
+    busy.flowing(1 << 20);
+    (idle, busy)
+}
+
 /// How long after `since` the server saw its Flood and its Echo connection end.
 fn server_endings(server: &Server, g: &Gatehouse, since: Instant) -> [(Duration, String); 2] {
     let deadline = Instant::now() + GIVE_UP;
@@ -419,10 +429,7 @@ fn a_vanished_server_with_on_down_close_ends_its_streams_within_the_health_check
             ),
         ),
     );
-    let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo);
-    let busy = Client::open(&net, front, Mode::Sink);
-    busy.flowing(1 << 20);
+    let (idle, busy) = idle_and_busy(&net, &g, Mode::Sink);
 
     let vanished = net.vanish(&net.server);
     // Checks are spaced `interval` ± 10 %.
@@ -450,10 +457,7 @@ fn a_vanished_server_with_on_down_keep_ends_its_streams_by_user_timeout_and_keep
     let server = start_server(&net);
     // No active check: only the sockets' own timers can notice.
     let g = start_gatehouse(&net, &liveness_config(server.addr));
-    let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo);
-    let busy = Client::open(&net, front, Mode::Sink);
-    busy.flowing(1 << 20);
+    let (idle, busy) = idle_and_busy(&net, &g, Mode::Sink);
 
     let vanished = net.vanish(&net.server);
     let (busy_after, busy_how) = busy.ended_after(vanished);
@@ -483,11 +487,8 @@ fn a_vanished_client_releases_its_server_connections_by_user_timeout_and_keepali
     };
     let server = start_server(&net);
     let g = start_gatehouse(&net, &liveness_config(server.addr));
-    let front = g.addr("front");
-    let idle = Client::open(&net, front, Mode::Echo);
     // The server floods this client, as `kubectl logs -f` of a chatty pod would.
-    let busy = Client::open(&net, front, Mode::Flood);
-    busy.flowing(1 << 20);
+    let (idle, busy) = idle_and_busy(&net, &g, Mode::Flood);
 
     let vanished = net.vanish(&net.client);
     let [(busy_after, busy_how), (idle_after, idle_how)] = server_endings(&server, &g, vanished);
