@@ -1,7 +1,8 @@
 //! The harness of the integration tests: the real gatehouse binary, run on a config
 //! written by the test, with its readiness read from the sd_notify socket the test
-//! plays; small backends (echo, named) on loopback; and a bounded HTTP client for
-//! the admin API. Every wait here has a deadline.
+//! plays; small backends (echo, named) on loopback; a bounded HTTP client for the
+//! admin API; and the outside tools tests share: headless Chromium, `promtool`, network
+//! namespaces (`ip netns`). Every wait here has a deadline.
 #![allow(dead_code, unused_macros)]
 
 use std::collections::HashMap;
