@@ -3,16 +3,18 @@
 //!
 //! The steps, each its own module: [`lexer`] cuts the text as HAProxy does, [`model`]
 //! groups it into sections and reads HAProxy's values, [`settings`] reads proxy
-//! keywords and server options, [`translate`] and [`backend`] decide what gatehouse
+//! keywords and server options, [`rules`] a frontend's ACLs and rules, [`translate`] and [`backend`] decide what gatehouse
 //! makes of them, [`emit`] writes the TOML and [`report`] the verdicts. The result is
 //! validated by [`crate::config`] before it is handed out: an import never produces a
 //! file `gatehouse check` refuses. The command line lives in `cli/import.rs`.
 
 pub mod backend;
+pub mod bind;
 pub mod emit;
 pub mod lexer;
 pub mod model;
 pub mod report;
+pub mod rules;
 pub mod settings;
 pub mod translate;
 
