@@ -189,6 +189,7 @@ impl Rules {
         let mut used_acls: Vec<String> = Vec::new();
         let mut hello_lines: Vec<usize> = Vec::new();
         let mut seen: Vec<(String, usize, String)> = Vec::new();
+        let mut overridden: Vec<(usize, usize)> = Vec::new();
         for line in &self.lines {
             let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
             let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
@@ -216,10 +217,13 @@ impl Rules {
                 }
                 ["tcp-request", "inspect-delay", t] => match duration(t) {
                     Ok(d) if !d.is_zero() => {
-                        routing.inspect = Some(At {
+                        let before = routing.inspect.replace(At {
                             value: d,
                             line: line.number,
-                        })
+                        });
+                        if let Some(b) = before {
+                            overridden.push((b.line, line.number));
+                        }
                     }
                     Ok(_) => say(Verdict::Dropped, "0: HAProxy does not wait at all".into()),
                     Err(e) => say(Verdict::Dropped, e),
@@ -274,6 +278,14 @@ impl Rules {
                 .find(|l| l.number == n)
                 .map_or("", |l| l.text.as_str())
         };
+        for (old, new) in overridden {
+            report.note(
+                old,
+                text(old),
+                Verdict::Dropped,
+                format!("line {new} sets it again, and the last one counts"),
+            );
+        }
         let routed = !routing.routes.is_empty();
         if let Some(i) = &routing.inspect {
             let (v, note) = if routed {
@@ -416,8 +428,8 @@ fn route(
         }
         if let Some((_, first, _)) = seen.iter().find(|s| s.0 == p) {
             say(
-                Verdict::Dropped,
-                format!("{p}: never matched here, the rule on line {first} takes it first"),
+                Verdict::Translated,
+                format!("{p}: left out, the rule on line {first} takes it first (in HAProxy too)"),
             );
             continue;
         }
