@@ -336,13 +336,12 @@ impl Rules {
     }
 }
 
-/// The server-name patterns of a `use_backend` condition, each with its own verdict
-/// and note, and the named ACLs it used; `Err` says why it cannot be a route.
-#[allow(clippy::type_complexity)]
-fn sni_condition(
-    cond: &[&str],
-    acls: &[(String, Match, usize)],
-) -> Result<(Vec<(String, Verdict, String)>, Vec<String>), String> {
+/// Server-name patterns as gatehouse writes them, each with its verdict and note.
+type Patterns = Vec<(String, Verdict, String)>;
+
+/// The server-name patterns of a `use_backend` condition and the named ACLs it used;
+/// `Err` says why it cannot be a route.
+fn sni_condition(cond: &[&str], acls: &[(String, Match, usize)]) -> Result<(Patterns, Vec<String>), String> {
     const WHY: &str = "gatehouse routes by server name only (req.ssl_sni: exact names, `-m end` or `-m dom`); \
                        this condition is not carried over";
     let (unless, ors) = condition(cond, acls).ok_or_else(|| format!("{WHY} (or an ACL is not defined above it)"))?;
@@ -415,7 +414,7 @@ fn sni_condition(
 /// `None` (reported) when nothing is left.
 fn route(
     backend: &str,
-    patterns: Vec<(String, Verdict, String)>,
+    patterns: Patterns,
     line: usize,
     seen: &mut Vec<(String, usize, String)>,
     say: &mut dyn FnMut(Verdict, String),
