@@ -2,9 +2,11 @@
 //! addresses moved to loopback), its import runs in gatehouse, both in front of the
 //! same loopback servers, and both must behave the same: which servers receive
 //! connections under each balance mode, a server that fails its check taken out by
-//! both, backups used only when every primary is down.
+//! both, backups used only when every primary is down, and which backend each server
+//! name of an openssl ClientHello reaches through `use_backend … req.ssl_sni` rules.
 //!
-//! Needs `haproxy` (Debian's package; `.ci/run` installs it); says SKIPPED without it.
+//! Needs `haproxy` (Debian's package; `.ci/run` installs it), and `openssl` for the SNI
+//! case; says SKIPPED without them.
 //! HAProxy cannot bind port 0, so each bind gets a fresh 127.x address and a port read
 //! back from a socket bound there first. Readiness and server state are polled with
 //! deadlines: HAProxy's by connecting and by its "is DOWN" warnings on stderr,
@@ -441,7 +443,14 @@ fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
     }
     // edge-cases.cfg holds an unknown keyword on purpose, parse-error.cfg an unclosed
     // quote, and haproxy-docs.cfg names certificate files this machine lacks.
-    for name in ["gallade.cfg", "balance-modes.cfg", "exact.cfg", "http-only.cfg"] {
+    for name in [
+        "gallade.cfg",
+        "balance-modes.cfg",
+        "exact.cfg",
+        "http-only.cfg",
+        "proxy-and-sni.cfg",
+        "sni-routing.cfg",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
         let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
         assert!(
@@ -472,4 +481,92 @@ fn weighted_leastconn_and_its_backup_behave_as_in_haproxy() {
     for (proxy, addr) in pair.both("postgres") {
         assert_eq!(spread(addr, 5), counts(&[("pg3", 5)]), "{proxy}: both primaries down");
     }
+}
+
+/// openssl's own ClientHello for `name` (`None`: `-noservername`), captured on a
+/// loopback listener; s_client is killed once it is read (bounded either way).
+fn openssl_hello(name: Option<&str>) -> Vec<u8> {
+    use gatehouse::edge::sni::{parse_client_hello, Peek};
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string()]);
+    match name {
+        Some(n) => cmd.args(["-servername", n]),
+        None => cmd.arg("-noservername"),
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    listener.set_nonblocking(true).unwrap();
+    let mut conn = None;
+    let accepted = wait_until(Duration::from_secs(10), || match listener.accept() {
+        Ok((s, _)) => {
+            conn = Some(s);
+            true
+        }
+        Err(_) => false,
+    });
+    assert!(accepted, "openssl s_client did not connect within 10 s");
+    let mut s = conn.unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = Vec::new();
+    let mut buf = [0u8; 4096];
+    while parse_client_hello(&hello) == Peek::NeedMore {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => hello.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let want = name.map_or(Peek::NoSni, |n| Peek::Sni(n.to_ascii_lowercase()));
+    assert_eq!(parse_client_hello(&hello), want, "openssl's ClientHello for {name:?}");
+    hello
+}
+
+/// Sends `hello` through `addr` and returns the name of the server it reached.
+fn routed_to(addr: SocketAddr, hello: &[u8]) -> String {
+    use std::io::Write;
+    let mut s = connect(addr);
+    s.write_all(hello).unwrap();
+    read_line(&mut s).unwrap_or_else(|e| panic!("no server name through {addr}: {e}"))
+}
+
+#[test]
+fn sni_use_backend_rules_route_as_in_haproxy() {
+    if !haproxy_available() {
+        skip!("haproxy is not installed (apt-get install haproxy)");
+    }
+    if !have("openssl") {
+        skip!("openssl is not installed (apt-get install openssl)");
+    }
+    let cfg = corpus("sni-routing.cfg");
+    let servers = Servers::for_cfg(&cfg);
+    let pair = Pair::start(&cfg, &servers, &[]);
+    let cases = [
+        (Some("k8s.example.com"), "k1"),
+        (Some("API.example.com"), "k1"),
+        (Some("a.apps.example.com"), "a1"),
+        (Some("other.org"), "i1"),
+        (Some("apps.example.com"), "i1"),
+        (None, "i1"),
+    ];
+    for (name, want) in cases {
+        let hello = openssl_hello(name);
+        for (proxy, addr) in pair.both("tls") {
+            assert_eq!(routed_to(addr, &hello), want, "{proxy}: server name {name:?}");
+        }
+    }
+    // The approximation the report names: `-m end .apps.example.com` matches any
+    // depth in HAProxy, gatehouse's *.apps.example.com one label.
+    let hello = openssl_hello(Some("a.b.apps.example.com"));
+    let [(_, h), (_, g)] = pair.both("tls");
+    assert_eq!(routed_to(h, &hello), "a1", "haproxy: two labels under the suffix");
+    assert_eq!(routed_to(g, &hello), "i1", "gatehouse: two labels go to the default");
 }

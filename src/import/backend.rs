@@ -172,6 +172,7 @@ pub fn build(
     }
     health(s, &live, ctx, &mut b, report);
     per_server_keys(&live, &mut b, report);
+    health_send_proxy(s, &live, &mut b, report);
     Some(b)
 }
 
@@ -436,9 +437,15 @@ fn tls_keys(
 }
 
 /// Keys HAProxy sets per server and gatehouse per backend: slow start, on_down,
-/// passive health.
+/// passive health, the PROXY header and TCP_USER_TIMEOUT towards the servers.
 fn per_server_keys(live: &[&ServerLine], b: &mut emit::Backend, report: &mut Report) {
     type Pick<'a> = &'a dyn Fn(&ServerOpts) -> Option<(String, usize)>;
+    let send_proxy: Pick = &|o| {
+        o.send_proxy
+            .as_ref()
+            .and_then(|p| p.value.map(|v| (v.key().to_string(), p.line)))
+    };
+    let user_timeout: Pick = &|o| o.tcp_ut.as_ref().map(|t| (fmt_duration(t.value), t.line));
     let slow: Pick = &|o| o.slowstart.as_ref().map(|d| (fmt_duration(d.value), d.line));
     let down: Pick = &|o| {
         o.shutdown_on_down
@@ -452,7 +459,13 @@ fn per_server_keys(live: &[&ServerLine], b: &mut emit::Backend, report: &mut Rep
             .filter(|d| d.value)
             .map(|d| ("true".to_string(), d.line))
     };
-    for (key, pick) in [("slow_start", slow), ("on_down", down), ("observe", observe)] {
+    for (key, pick) in [
+        ("slow_start", slow),
+        ("on_down", down),
+        ("observe", observe),
+        ("send_proxy", send_proxy),
+        ("user_timeout", user_timeout),
+    ] {
         let values: Vec<Option<(String, usize)>> = live.iter().map(|x| pick(&x.opts)).collect();
         let Some((value, line)) = values.iter().flatten().next().cloned() else {
             continue;
@@ -485,5 +498,46 @@ fn per_server_keys(live: &[&ServerLine], b: &mut emit::Backend, report: &mut Rep
             "HAProxy marks servers down by active checks only (no `observe layer4`); gatehouse's passive\n\
                  health (observe = true) would also take out a server that refuses real connections.",
         )),
+    }
+}
+
+/// `health.send_proxy`: HAProxy sends the header on checks with `check-send-proxy`, and
+/// by itself when the server sends it and the check has no port of its own.
+fn health_send_proxy(s: &Settings, live: &[&ServerLine], b: &mut emit::Backend, report: &mut Report) {
+    let Some(first) = live.iter().find(|x| x.opts.check.as_ref().is_some_and(|c| c.value)) else {
+        return;
+    };
+    let o = &first.opts;
+    let explicit = o.check_send_proxy.as_ref().filter(|c| c.value);
+    let sending = b.table.get("send_proxy").is_some();
+    if let (Some(c), false) = (explicit, sending) {
+        report.note(
+            c.line,
+            "",
+            Verdict::Dropped,
+            "`check-send-proxy`: gatehouse sends a PROXY header on checks only when the backend sends one (send_proxy)",
+        );
+        return;
+    }
+    let own_port = o.port.is_some() || s.check_connect.as_ref().is_some_and(|c| c.value.port.is_some());
+    if !sending || (explicit.is_none() && own_port) {
+        return;
+    }
+    b.health.push(("send_proxy", "true".into()));
+    match explicit {
+        Some(c) => {
+            b.health_lines.push(c.line);
+            report.note(c.line, "", Verdict::Translated, "health send_proxy = true");
+        }
+        None => {
+            let line = b.table.get("send_proxy").and_then(|k| k.lines.first().copied());
+            let line = line.unwrap_or(first.line.number);
+            report.note(
+                line,
+                "",
+                Verdict::Translated,
+                "health send_proxy = true: HAProxy sends the header on checks too when the check has no port of its own",
+            );
+        }
     }
 }

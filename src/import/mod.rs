@@ -3,16 +3,18 @@
 //!
 //! The steps, each its own module: [`lexer`] cuts the text as HAProxy does, [`model`]
 //! groups it into sections and reads HAProxy's values, [`settings`] reads proxy
-//! keywords and server options, [`translate`] and [`backend`] decide what gatehouse
+//! keywords and server options, [`rules`] a frontend's ACLs and rules, [`translate`] and [`backend`] decide what gatehouse
 //! makes of them, [`emit`] writes the TOML and [`report`] the verdicts. The result is
 //! validated by [`crate::config`] before it is handed out: an import never produces a
 //! file `gatehouse check` refuses. The command line lives in `cli/import.rs`.
 
 pub mod backend;
+pub mod bind;
 pub mod emit;
 pub mod lexer;
 pub mod model;
 pub mod report;
+pub mod rules;
 pub mod settings;
 pub mod translate;
 
@@ -149,7 +151,22 @@ mod tests {
         "default_backend b1",
         "default_backend b2",
         "default_backend missing",
-        "use_backend b2 if { req.ssl_sni -i x }",
+        "use_backend b2 if { req.ssl_sni -i x.example }",
+        "use_backend b1 if { req_ssl_sni -m end .example } or { req.ssl_sni -i y.example }",
+        "use_backend b2 if !{ req.ssl_sni -i x.example }",
+        "use_backend missing if { req.ssl_sni bad_name! }",
+        "acl a req.ssl_sni -i -m dom example",
+        "use_backend b2 if a",
+        "use_backend b1 if undefined_acl",
+        "tcp-request inspect-delay 3s",
+        "tcp-request content accept if { req_ssl_hello_type 1 }",
+        "tcp-request connection reject if !{ src 10.0.0.0/8 fd00::/8 }",
+        "tcp-request connection reject if !{ src 10.0.0.1/8 }",
+        "bind :8443 accept-proxy tcp-ut 5s",
+        "bind :9443 tcp-ut 0",
+        "server s6 10.0.0.6:80 check send-proxy-v2 check-send-proxy tcp-ut 2s",
+        "server s7 10.0.0.7:80 check send-proxy no-send-proxy check-send-proxy",
+        "default-server send-proxy",
         "server s1 10.0.0.1:80 check",
         "server s2 host.lan:80 check inter 0 rise 0 fall 0 weight 0",
         "server s3 10.0.0.3 check backup port 8080",
@@ -278,6 +295,105 @@ mod translation_tests {
         let i = run("backend a\n  server s 10.0.0.1:80\nbackend b\n  server s 10.0.0.2:80\n\
              frontend f\n  bind :80\n  use_backend b\n  default_backend a\n");
         assert!(i.toml.contains("backend = \"b\""), "{}", i.toml);
+    }
+
+    const ROUTED: &str = "backend a\n  server s 10.0.0.1:443\nbackend b\n  server s 10.0.0.2:443\n\
+         backend c\n  server s 10.0.0.3:443\nfrontend f\n  bind :443\n  tcp-request inspect-delay 2s\n";
+
+    #[test]
+    fn a_name_an_earlier_sni_rule_takes_is_left_out_of_later_routes() {
+        let i = run(&format!(
+            "{ROUTED}  use_backend a if {{ req.ssl_sni -i x.example }}\n  \
+             use_backend b if {{ req.ssl_sni -i X.example y.example }}\n  default_backend c\n"
+        ));
+        assert!(
+            i.toml
+                .contains("{ sni = [\"x.example\"], backend = \"a\" },\n  { sni = [\"y.example\"], backend = \"b\" },"),
+            "{}",
+            i.toml
+        );
+        assert!(
+            i.report
+                .render()
+                .contains("x.example: left out, the rule on line 10 takes it first"),
+            "{}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn an_exact_name_behind_an_earlier_suffix_rule_is_approximated() {
+        let i = run(&format!(
+            "{ROUTED}  use_backend a if {{ req.ssl_sni -i -m end .example }}\n  \
+             use_backend b if {{ req.ssl_sni -i k8s.example }}\n  default_backend c\n"
+        ));
+        assert_eq!(
+            i.report.verdict(10),
+            Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
+        assert!(
+            i.toml.contains("{ sni = [\"*.example\"], backend = \"a\" }"),
+            "{}",
+            i.toml
+        );
+        assert!(
+            i.toml.contains("{ sni = [\"k8s.example\"], backend = \"b\" }"),
+            "{}",
+            i.toml
+        );
+    }
+
+    #[test]
+    fn sni_rules_gatehouse_cannot_express_are_dropped_and_their_acls_with_them() {
+        let i = run(&format!(
+            "{ROUTED}  acl odd req.ssl_sni -m reg ^a\n  use_backend a if odd\n  \
+             use_backend b unless {{ req.ssl_sni -i x.example }}\n  default_backend c\n"
+        ));
+        for line in [10, 11, 12] {
+            assert_eq!(
+                i.report.verdict(line),
+                Some(Verdict::Dropped),
+                "line {line}: {}",
+                i.report.render()
+            );
+        }
+        assert!(!i.toml.contains("routes"), "{}", i.toml);
+        assert_eq!(
+            i.report.verdict(9),
+            Some(Verdict::Dropped),
+            "inspect-delay without routes: {}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn rules_after_an_unconditional_use_backend_are_never_reached() {
+        let i = run(&format!(
+            "{ROUTED}  use_backend c\n  use_backend a if {{ req.ssl_sni -i x.example }}\n"
+        ));
+        assert_eq!(i.report.verdict(11), Some(Verdict::Dropped), "{}", i.report.render());
+        assert!(!i.toml.contains("routes"), "{}", i.toml);
+    }
+
+    #[test]
+    fn servers_that_differ_in_send_proxy_are_approximated_to_the_first() {
+        let i = run(&format!(
+            "backend b\n  server s1 10.0.0.1:80 check send-proxy\n  server s2 10.0.0.2:80 check send-proxy-v2\n{TAIL}"
+        ));
+        assert!(i.toml.contains("send_proxy = \"v1\""), "{}", i.toml);
+        assert!(
+            i.toml.contains("send_proxy = true }"),
+            "checks too, no check port: {}",
+            i.toml
+        );
+        assert_eq!(
+            i.report.verdict(3),
+            Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
     }
 
     #[test]

@@ -4,8 +4,7 @@
 //!
 //! Each value remembers the line it came from. Reading a line also reports it, with the
 //! verdict the keyword earns on its own; what depends on the whole backend (one health
-//! check for all servers) is judged in `translate`. The table of HAProxy features that
-//! gatehouse is still adding is [`Pending`]: one place to change when each lands.
+//! check for all servers, one `send_proxy`) is judged in `backend`.
 
 use std::time::Duration;
 
@@ -27,44 +26,19 @@ fn at<T>(value: T, line: &Line) -> Option<At<T>> {
     })
 }
 
-/// HAProxy keywords gatehouse has no equivalent for yet, though one is being added.
-/// Every such keyword is reported through here. When a feature lands: name its key in
-/// `gatehouse_key`, and write the key where the keyword is read (`server_opts` for
-/// send-proxy and tcp-ut, `translate::bind` for accept-proxy, `translate::proxy` for
-/// SNI rules).
+/// The PROXY protocol version a server line sends (`send-proxy`, `send-proxy-v2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pending {
-    SendProxy,
-    AcceptProxy,
-    SniRoutes,
-    UserTimeout,
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
-impl Pending {
-    /// The gatehouse key that carries this over, once it exists.
-    pub fn gatehouse_key(self) -> Option<&'static str> {
+impl ProxyVersion {
+    /// As gatehouse's `send_proxy` writes it.
+    pub fn key(self) -> &'static str {
         match self {
-            Pending::SendProxy => None,   // send_proxy
-            Pending::AcceptProxy => None, // accept_proxy
-            Pending::SniRoutes => None,   // routes
-            Pending::UserTimeout => None, // user_timeout
-        }
-    }
-
-    fn what(self) -> &'static str {
-        match self {
-            Pending::SendProxy => "sending a PROXY protocol header to servers",
-            Pending::AcceptProxy => "reading a PROXY protocol header from clients",
-            Pending::SniRoutes => "choosing a backend by TLS SNI",
-            Pending::UserTimeout => "TCP_USER_TIMEOUT",
-        }
-    }
-
-    /// Why `word` was dropped for want of this feature.
-    pub fn note(self, word: &str) -> String {
-        match self.gatehouse_key() {
-            Some(key) => format!("`{word}` needs `{key}`, which this import does not write yet"),
-            None => format!("`{word}`: gatehouse has no equivalent yet ({})", self.what()),
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
         }
     }
 }
@@ -145,6 +119,11 @@ pub struct ServerOpts {
     pub observe: Option<At<bool>>,
     pub error_limit: Option<At<u32>>,
     pub resolvers: Option<At<String>>,
+    /// `send-proxy[-v2]`; `None` inside for `no-send-proxy`.
+    pub send_proxy: Option<At<Option<ProxyVersion>>>,
+    pub check_send_proxy: Option<At<bool>>,
+    /// `tcp-ut`: TCP_USER_TIMEOUT towards the server.
+    pub tcp_ut: Option<At<Duration>>,
 }
 
 macro_rules! inherit {
@@ -174,7 +153,10 @@ impl ServerOpts {
             shutdown_on_down,
             observe,
             error_limit,
-            resolvers
+            resolvers,
+            send_proxy,
+            check_send_proxy,
+            tcp_ut
         );
     }
 }
@@ -347,12 +329,41 @@ pub fn server_opts(line: &Line, first: usize, report: &mut Report) -> ServerOpts
                     );
                 }
             }
-            "send-proxy" | "send-proxy-v2" | "send-proxy-v2-ssl" | "send-proxy-v2-ssl-cn" => {
-                say(Verdict::Dropped, Pending::SendProxy.note(word))
+            "send-proxy" => o.send_proxy = at(Some(ProxyVersion::V1), line),
+            "send-proxy-v2" => o.send_proxy = at(Some(ProxyVersion::V2), line),
+            "send-proxy-v2-ssl" | "send-proxy-v2-ssl-cn" => {
+                o.send_proxy = at(Some(ProxyVersion::V2), line);
+                say(
+                    Verdict::Approximated,
+                    format!(
+                        "`{word}`: send_proxy = \"v2\" without TLS fields: gatehouse passes TLS through and has none to add"
+                    ),
+                );
             }
+            "no-send-proxy" | "no-send-proxy-v2" | "no-send-proxy-v2-ssl" | "no-send-proxy-v2-ssl-cn" => {
+                o.send_proxy = at(None, line)
+            }
+            "check-send-proxy" => o.check_send_proxy = at(true, line),
             "tcp-ut" => {
+                let Some(a) = need(&mut used) else {
+                    say(Verdict::Dropped, format!("`{word}` without a value"));
+                    break;
+                };
+                match duration(a) {
+                    Ok(d) if d.is_zero() => say(
+                        Verdict::Dropped,
+                        "`tcp-ut 0` leaves the system's default; gatehouse's user_timeout stays".into(),
+                    ),
+                    Ok(d) => o.tcp_ut = at(d, line),
+                    Err(e) => say(Verdict::Dropped, format!("`{word} {a}`: {e}")),
+                }
+            }
+            "proxy-v2-options" => {
                 used = 2;
-                say(Verdict::Dropped, Pending::UserTimeout.note(word))
+                say(
+                    Verdict::Dropped,
+                    "`proxy-v2-options`: gatehouse's v2 header carries the addresses only, no TLV fields".into(),
+                );
             }
             "ssl" => say(
                 Verdict::Dropped,
@@ -679,7 +690,11 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
             ),
             Ok(n) => {
                 s.maxconn = at(n, line);
-                say(Verdict::Translated, "max_connections of the listener");
+                say(
+                    Verdict::Approximated,
+                    "max_connections of the listener: gatehouse closes clients above it at once, where HAProxy leaves \
+                     them waiting in the backlog",
+                );
             }
             Err(e) => say(Verdict::Dropped, &e.to_string()),
         },

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::backend::{self, ServerLine};
+use super::bind::Binds;
 use super::emit::{self, Key, Output};
 use super::lexer::Line;
-use super::model::{self, bind_addrs, fmt_duration, gatehouse_name, Kind, Section};
+use super::model::{self, fmt_duration, gatehouse_name, Kind, Section};
 use super::report::{Report, Verdict};
-use super::settings::{self, At, Pending, Settings};
+use super::rules::{self, Routing, Rules};
+use super::settings::{self, At, Settings};
 
 /// What `global` says that the rest needs.
 #[derive(Default)]
@@ -27,10 +29,10 @@ struct Proxy<'a> {
     section: &'a Section,
     settings: Settings,
     http: bool,
-    binds: Vec<(String, usize)>,
-    bind_lines: Vec<usize>,
+    bind: Binds,
     backend: Option<At<String>>,
     servers: Vec<ServerLine>,
+    routing: Routing,
 }
 
 pub fn translate(sections: &[Section], report: &mut Report) -> Output {
@@ -95,7 +97,7 @@ pub fn translate(sections: &[Section], report: &mut Report) -> Output {
         }
     }
     let main = main_defaults.unwrap_or(last_defaults);
-    defaults(&main, &global, &mut out);
+    defaults(&main, &global, &proxies, &mut out, report);
     backends_and_listeners(&proxies, &main, &global, &mut out, report);
     out
 }
@@ -139,7 +141,8 @@ fn global_line(line: &Line, g: &mut Global, out: &mut Output, report: &mut Repor
         ["maxconn", n] => match n.parse::<u64>() {
             Ok(n) if !(1..=10_000_000).contains(&n) => (
                 Verdict::Dropped,
-                "gatehouse's max_connections is 1 to 10,000,000; listeners are left unlimited".into(),
+                "gatehouse's max_connections is 1 to 10,000,000; the ceiling stays the one the open-file limit allows"
+                    .into(),
             ),
             Ok(n) => {
                 g.maxconn = Some(At {
@@ -147,8 +150,10 @@ fn global_line(line: &Line, g: &mut Global, out: &mut Output, report: &mut Repor
                     line: line.number,
                 });
                 (
-                    Verdict::Approximated,
-                    "gatehouse has no process-wide limit: max_connections on each listener without its own".into(),
+                    Verdict::Translated,
+                    "[defaults] max_connections: the connection ceiling of the process; at it accepting pauses, \
+                     as in HAProxy (the open-file limit, LimitNOFILE, must allow it)"
+                        .into(),
                 )
             }
             Err(e) => (Verdict::Dropped, format!("{e}")),
@@ -294,10 +299,10 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
         section,
         settings: Settings::default(),
         http,
-        binds: Vec::new(),
-        bind_lines: Vec::new(),
+        bind: Binds::default(),
         backend: None,
         servers: Vec::new(),
+        routing: Routing::default(),
     };
     if http {
         let mut why = format!(
@@ -325,17 +330,17 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
     }
     let front = matches!(section.kind, Kind::Frontend | Kind::Listen);
     let back = matches!(section.kind, Kind::Backend | Kind::Listen);
-    let sni = section.body.iter().any(|l| l.text.contains("ssl_sni"));
+    let mut rules = Rules::default();
     // An unconditional use_backend wins over default_backend, wherever it is.
     let (mut rule, mut default): (Option<At<String>>, Option<At<String>>) = (None, None);
     for line in &section.body {
         let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
-        if conditional(line, report) {
+        if conditional(line, report) || (front && rules.take(line)) {
             continue;
         }
         let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
         match w.as_slice() {
-            ["bind", addr, opts @ ..] if front => bind(line, addr, opts, &mut p, report),
+            ["bind", addr, opts @ ..] if front => p.bind.read(line, addr, opts, report),
             ["default_backend", name] if front => {
                 say(Verdict::Translated, "backend".into());
                 default = Some(At {
@@ -356,13 +361,7 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
                     });
                 }
             },
-            ["use_backend", ..] | ["acl", ..] | ["tcp-request", ..] if front && sni => {
-                say(Verdict::Dropped, Pending::SniRoutes.note(w[0]))
-            }
-            ["use_backend", ..] => say(
-                Verdict::Dropped,
-                "gatehouse sends a listener to one backend; conditional rules are not carried over".into(),
-            ),
+            ["use_backend", ..] => say(Verdict::Dropped, "`use_backend` belongs in a frontend".into()),
             ["acl", ..] | ["tcp-request", ..] | ["tcp-response", ..] => say(
                 Verdict::Dropped,
                 format!("`{}` rules have no equivalent in gatehouse", w[0]),
@@ -400,104 +399,10 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             }
         }
     }
+    p.routing = rules.resolve(rule.as_ref().map(|r| r.line), !p.bind.accept_proxy.is_empty(), report);
     p.backend = rule.or(default);
     p.settings = s;
     p
-}
-
-/// Bind options that take an argument, for options read only to be reported.
-const BIND_ONE: &[&str] = &[
-    "name",
-    "crt",
-    "ca-file",
-    "maxconn",
-    "backlog",
-    "interface",
-    "mss",
-    "nice",
-    "process",
-    "thread",
-    "user",
-    "group",
-    "uid",
-    "gid",
-    "mode",
-    "namespace",
-    "id",
-    "level",
-    "alpn",
-    "ciphers",
-    "ciphersuites",
-    "curves",
-    "ecdhe",
-    "ssl-min-ver",
-    "ssl-max-ver",
-    "verify",
-    "crl-file",
-    "crt-list",
-    "tcp-ut",
-    "npn",
-    "sigalgs",
-    "client-sigalgs",
-    "label",
-    "proto",
-    "severity-output",
-    "ca-sign-file",
-    "ca-sign-pass",
-    "ca-verify-file",
-    "quic-cc-algo",
-];
-
-fn bind(line: &Line, word: &str, opts: &[&str], p: &mut Proxy, report: &mut Report) {
-    let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
-    let addrs = match bind_addrs(word) {
-        Ok(a) => a,
-        Err(e) => return say(Verdict::Dropped, e),
-    };
-    let has = |o: &str| opts.contains(&o);
-    let mut i = 0;
-    while i < opts.len() {
-        let o = opts[i];
-        match o {
-            "v4v6" | "v6only" | "name" | "id" => {}
-            "accept-proxy" => say(Verdict::Dropped, Pending::AcceptProxy.note(o)),
-            "tcp-ut" => say(Verdict::Dropped, Pending::UserTimeout.note(o)),
-            "maxconn" => say(
-                Verdict::Approximated,
-                "`maxconn` of one bind: max_connections limits the whole listener".into(),
-            ),
-            "ssl" | "crt" | "crt-list" => say(
-                Verdict::Dropped,
-                format!("`{o}`: gatehouse terminates no TLS; the client's TLS goes through to the servers"),
-            ),
-            "transparent" | "interface" | "namespace" | "defer-accept" | "tfo" | "backlog" | "mss" => say(
-                Verdict::Dropped,
-                format!("`{o}`: gatehouse does not set this socket option"),
-            ),
-            _ => say(Verdict::Dropped, format!("`{o}` has no equivalent in gatehouse")),
-        }
-        i += 1 + usize::from(BIND_ONE.contains(&o));
-    }
-    for a in addrs {
-        let v6_any = a.ip.is_unspecified() && a.ip.is_ipv6();
-        let mut rendered = vec![std::net::SocketAddr::new(a.ip, a.port).to_string()];
-        if v6_any && !has("v6only") {
-            // Linux binds [::] dual-stack by default (bindv6only=0); gatehouse's [::] is
-            // IPv6 only, so IPv4 gets its own address.
-            rendered.insert(0, format!("0.0.0.0:{}", a.port));
-            say(
-                Verdict::Translated,
-                "[::] takes IPv4 too: bound as 0.0.0.0 and [::]".into(),
-            );
-        }
-        for r in rendered {
-            if !p.binds.iter().any(|(b, _)| *b == r) {
-                p.binds.push((r, line.number));
-            }
-        }
-    }
-    p.bind_lines.push(line.number);
-    say(Verdict::Translated, "bind".into());
 }
 
 fn idle(s: &Settings) -> Option<(Duration, Vec<usize>)> {
@@ -511,7 +416,7 @@ fn idle(s: &Settings) -> Option<(Duration, Vec<usize>)> {
     }
 }
 
-fn defaults(main: &Settings, g: &Global, out: &mut Output) {
+fn defaults(main: &Settings, g: &Global, proxies: &[Proxy], out: &mut Output, report: &mut Report) {
     if let Some(t) = &main.timeout_connect {
         out.defaults.set(Key::new(
             "connect_timeout",
@@ -528,6 +433,38 @@ fn defaults(main: &Settings, g: &Global, out: &mut Output) {
         None => Key::new("retries", "3".into(), vec![]).remark("HAProxy's default"),
     };
     out.defaults.set(retries);
+    // One user_timeout on the client side: the first bind's `tcp-ut`.
+    let mut tcp_ut = proxies.iter().filter(|p| !p.http).flat_map(|p| &p.bind.tcp_ut);
+    if let Some(first) = tcp_ut.next() {
+        let value = fmt_duration(first.value);
+        out.defaults
+            .set(Key::new("user_timeout", emit::string(&value), vec![first.line]));
+        report.note(
+            first.line,
+            "",
+            Verdict::Translated,
+            "[defaults] user_timeout (and towards servers of backends without their own tcp-ut)",
+        );
+        for t in tcp_ut {
+            if t.value == first.value {
+                report.note(t.line, "", Verdict::Translated, "[defaults] user_timeout");
+            } else {
+                report.note(
+                    t.line,
+                    "",
+                    Verdict::Approximated,
+                    format!(
+                        "gatehouse has one user_timeout for all listeners: {value} as on line {}",
+                        first.line
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(m) = &g.maxconn {
+        out.defaults
+            .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
+    }
     if let Some(h) = &g.hard_stop_after {
         out.defaults.set(Key::new(
             "drain_timeout",
@@ -546,9 +483,10 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             Kind::Listen => Some(p.section.name.as_str()),
             _ => p.backend.as_ref().map(|b| b.value.as_str()),
         };
-        if let Some(t) = target {
+        let routed = p.routing.routes.iter().map(|r| r.backend.as_str());
+        for t in target.into_iter().chain(routed) {
             let e = ports.entry(t).or_default();
-            for (b, _) in &p.binds {
+            for (b, _) in &p.bind.addrs {
                 if let Some(port) = b.rsplit(':').next().and_then(|x| x.parse().ok()) {
                     if !e.contains(&port) {
                         e.push(port);
@@ -587,7 +525,7 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
     {
         let h = &p.section.header;
         let mut free: Vec<&(String, usize)> = Vec::new();
-        for b in &p.binds {
+        for b in &p.bind.addrs {
             match taken.get(&b.0) {
                 Some(other) => report.note(
                     b.1,
@@ -613,10 +551,23 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             }
             continue;
         }
+        let routes = rules::imported_routes(&p.routing, &built, report);
         let target = match (&p.backend, p.section.kind) {
             (Some(b), _) => Some((b.value.as_str(), b.line)),
             (None, Kind::Listen) => Some((p.section.name.as_str(), h.number)),
-            (None, _) => None,
+            (None, _) => routes.first().map(|r| {
+                report.note(
+                    h.number,
+                    &h.text,
+                    Verdict::Approximated,
+                    format!(
+                        "no default_backend: HAProxy closes a client no rule routes; gatehouse sends it to {}, the \
+                         backend of the first route",
+                        r.backend
+                    ),
+                );
+                (r.backend.as_str(), r.line)
+            }),
         };
         let Some((target, target_line)) = target else {
             report.note(h.number, &h.text, Verdict::Dropped, "no default_backend: no listener");
@@ -635,7 +586,7 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
                 Verdict::Dropped,
                 format!("its backend {target} is not imported: no listener"),
             );
-            for l in &p.bind_lines {
+            for l in &p.bind.lines {
                 report.note(*l, "", Verdict::Dropped, "its listener is not imported");
             }
             continue;
@@ -653,7 +604,7 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         l.table.set(Key::new(
             "bind",
             format!("[{}]", binds.join(", ")),
-            p.bind_lines.clone(),
+            p.bind.lines.clone(),
         ));
         let lines = if target_line == h.number {
             vec![]
@@ -661,13 +612,11 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             vec![target_line]
         };
         l.table.set(Key::new("backend", emit::string(gbackend), lines));
-        match (&p.settings.maxconn, &g.maxconn) {
-            (Some(m), _) | (None, Some(m)) => {
-                l.table
-                    .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
-            }
-            (None, None) => {}
+        if let Some(m) = &p.settings.maxconn {
+            l.table
+                .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
         }
+        rules::listener_keys(&p.routing, &routes, &p.bind, &mut l.table, report);
         report.note(h.number, &h.text, Verdict::Translated, "[[listener]]");
         if target_line != h.number {
             report.note(target_line, "", Verdict::Translated, "backend");
