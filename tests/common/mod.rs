@@ -104,7 +104,13 @@ impl Gatehouse {
                         return Ok(m);
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // A signal that lands on this thread (another test's child exiting) is
+                // no answer either: wait on.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
