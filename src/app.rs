@@ -364,8 +364,14 @@ impl App {
         let drain = self.snapshot.load().config.defaults.drain_timeout;
         self.draining.store(true, std::sync::atomic::Ordering::Release);
         systemd::notify("STOPPING=1\nSTATUS=draining connections");
-        if let Ok(mut l) = self.listeners.lock() {
-            l.close_all();
+        let stopped = match self.listeners.lock() {
+            Ok(mut l) => l.close_all(),
+            Err(_) => Vec::new(),
+        };
+        // The sockets close as their accept loops go: wait for that, so that a client
+        // connecting from now on is refused, never accepted into a backlog and reset.
+        for accept_loop in stopped {
+            let _ = accept_loop.await;
         }
         let open = self.connections.active();
         tracing::info!("shutting down: stopped accepting; {open} connection(s) open, waiting up to {drain:?}");
