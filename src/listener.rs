@@ -425,6 +425,25 @@ pub async fn accept_failed(what: &str, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(pause)).await;
 }
 
+/// Accepts one client, its socket already non-blocking (accept4 with SOCK_NONBLOCK on
+/// Linux: no second call per connection to make it so).
+fn accept_nonblocking(socket: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    #[cfg(target_os = "linux")]
+    {
+        let (stream, peer) = socket2::SockRef::from(socket).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "accepted a non-IP peer"))?;
+        Ok((stream.into(), peer))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (stream, peer) = socket.accept()?;
+        stream.set_nonblocking(true)?;
+        Ok((stream, peer))
+    }
+}
+
 /// Accepts on one socket. A place under the ceiling is taken only once a client is
 /// waiting on this very socket, and before it is accepted: at the ceiling the client
 /// stays in the backlog, and an idle socket holds no place another could use.
@@ -444,11 +463,8 @@ async fn accept_loop(
             }
         };
         let place = ceiling.take().await;
-        let accepted = match ready.try_io(|s| s.get_ref().accept()) {
-            Ok(result) => result.and_then(|(stream, peer)| {
-                stream.set_nonblocking(true)?;
-                Ok((TcpStream::from_std(stream)?, peer))
-            }),
+        let accepted = match ready.try_io(|s| accept_nonblocking(s.get_ref())) {
+            Ok(result) => result.and_then(|(stream, peer)| Ok((TcpStream::from_std(stream)?, peer))),
             // Nobody waiting after all (another wake-up took it): the place goes back.
             Err(_would_block) => continue,
         };

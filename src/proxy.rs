@@ -176,7 +176,8 @@ pub async fn serve(
 
     // Pick and connect, trying other servers after a failure.
     let key = connect::client_key(peer);
-    let conn = match connect::connect_with(backend, key, settings.keepalive, header.as_deref()).await {
+    // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
+    let conn = match connect::connect_with(backend, key, None, header.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             listener.metrics.rejected_no_server.increment(1);
@@ -199,7 +200,7 @@ pub async fn serve(
     // Forward until both sides are done, or gatehouse has to cut it short.
     let mut woken = close_signal().subscribe();
     let close_on_down = backend.config.on_down == OnDown::Close;
-    let stop = async {
+    let closing = async {
         loop {
             if conns.closing.load(Ordering::Acquire) {
                 return End::Shutdown;
@@ -210,6 +211,17 @@ pub async fn serve(
             if woken.changed().await.is_err() {
                 return std::future::pending().await;
             }
+        }
+    };
+    let settled = async {
+        tokio::time::sleep(connect::SETTLE).await;
+        connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout);
+        std::future::pending().await
+    };
+    let stop = async {
+        tokio::select! {
+            end = closing => end,
+            end = settled => end,
         }
     };
     let meter = TrafficMeter { traffic, server };

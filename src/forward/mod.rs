@@ -210,8 +210,10 @@ async fn both_ways_with<C: Conduit>(
     let mut down = Pump::<C>::new(Direction::ServerToClient);
     let mut first_closed: Option<End> = None;
     std::future::poll_fn(|cx| {
-        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…)
-        for (pump, src, dst, closed, src_reset, dst_reset) in [
+        let (up_done, down_done) = (up.done, down.done);
+        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…,
+        // the other direction is over)
+        for (pump, src, dst, closed, src_reset, dst_reset, other_done) in [
             (
                 &mut up,
                 client,
@@ -219,6 +221,7 @@ async fn both_ways_with<C: Conduit>(
                 End::ClientClosed,
                 End::ClientReset,
                 End::ServerReset,
+                down_done,
             ),
             (
                 &mut down,
@@ -227,9 +230,10 @@ async fn both_ways_with<C: Conduit>(
                 End::ServerClosed,
                 End::ServerReset,
                 End::ClientReset,
+                up_done,
             ),
         ] {
-            match pump.poll(cx, src, dst, progress, meter) {
+            match pump.poll(cx, src, dst, progress, meter, other_done) {
                 Poll::Ready(Ok(())) => {
                     first_closed.get_or_insert(closed);
                 }
@@ -281,7 +285,8 @@ struct Filled {
 /// other connections of its worker thread.
 const CHUNKS_PER_POLL: usize = 16;
 
-/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN.
+/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN (a
+/// shutdown; or the close itself, when the other direction has ended first).
 struct Pump<C> {
     direction: Direction,
     conduit: Option<C>,
@@ -307,6 +312,7 @@ impl<C: Conduit> Pump<C> {
         dst: &TcpStream,
         progress: &Progress,
         meter: &impl Meter,
+        other_done: bool,
     ) -> Poll<Result<(), Failed>> {
         if self.done {
             return Poll::Pending;
@@ -342,6 +348,11 @@ impl<C: Conduit> Pump<C> {
                 self.done = true;
                 if let Some(c) = self.conduit.take() {
                     c.give();
+                }
+                if other_done {
+                    // Both sources have ended: the close that follows sends this FIN,
+                    // with nothing unread to turn it into a reset.
+                    return Poll::Ready(Ok(()));
                 }
                 return Poll::Ready(match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
                     Ok(()) => Ok(()),
