@@ -297,7 +297,7 @@ impl Listeners {
             let mut local = addr;
             let mut tasks = Vec::new();
             let mut duplicates = Vec::new();
-            for s in sockets {
+            for (i, s) in sockets.into_iter().enumerate() {
                 if let Ok(a) = s.local_addr() {
                     local = a;
                 }
@@ -305,22 +305,22 @@ impl Listeners {
                 if let Ok(d) = s.try_clone() {
                     duplicates.push(d);
                 }
-                let registered = s.set_nonblocking(true).and_then(|()| {
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::error!(%addr, "cannot register socket: {e}");
+                    continue;
+                }
+                // The i-th socket of an address on the i-th core: its connections stay there.
+                let (listener, settings, conns, ceiling) =
+                    (listener.clone(), settings.clone(), conns.clone(), ceiling.clone());
+                tasks.push(crate::cores::spawn_on(i, async move {
+                    // Registered from the event loop that polls it.
                     // SAFETY: the std listener owns its descriptor, and the AsyncFd owns
                     // the listener: it stays open and the same until the AsyncFd drops.
-                    unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
-                        .map_err(io::Error::from)
-                });
-                match registered {
-                    Ok(tl) => tasks.push(tokio::spawn(accept_loop(
-                        tl,
-                        listener.clone(),
-                        settings.clone(),
-                        conns.clone(),
-                        ceiling.clone(),
-                    ))),
-                    Err(e) => tracing::error!(%addr, "cannot register socket: {e}"),
-                }
+                    match unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) } {
+                        Ok(tl) => accept_loop(tl, listener, settings, conns, ceiling).await,
+                        Err(e) => tracing::error!(%addr, "cannot register socket: {}", io::Error::from(e)),
+                    }
+                }));
             }
             tracing::info!(listener = %l.name, %local, backend = %l.backend.name, "listening");
             self.bound.insert(

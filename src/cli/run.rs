@@ -11,6 +11,11 @@ use super::Cli;
 pub fn run(cli: &Cli) -> ExitCode {
     super::log::init(cli);
     let inherited = systemd::inherited_sockets();
+    // One event loop per accept socket of an address: one per core.
+    if let Err(e) = gatehouse::cores::start(gatehouse::listener::accept_sockets(), super::log_buffer::flush_thread) {
+        eprintln!("gatehouse: cannot start the data path threads: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(super::log_buffer::flush_thread)
