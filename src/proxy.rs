@@ -211,7 +211,7 @@ pub async fn serve(
     // Forward until both sides are done, or gatehouse has to cut it short.
     let mut woken = close_signal().subscribe();
     let close_on_down = backend.config.on_down == OnDown::Close;
-    let closing = async {
+    let stop = async {
         loop {
             if conns.closing.load(Ordering::Acquire) {
                 return End::Shutdown;
@@ -224,17 +224,6 @@ pub async fn serve(
             }
         }
     };
-    let settled = async {
-        tokio::time::sleep(connect::SETTLE).await;
-        connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout);
-        std::future::pending().await
-    };
-    let stop = async {
-        tokio::select! {
-            end = closing => end,
-            end = settled => end,
-        }
-    };
     let meter = TrafficMeter { traffic, server };
     let outcome = forward::forward(
         &client,
@@ -243,6 +232,10 @@ pub async fn serve(
         settings.idle_timeout,
         stop,
         &meter,
+        // Keepalive and user timeout on the server side, once the connection lasts.
+        (connect::SETTLE, || {
+            connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout)
+        }),
     )
     .await;
     traffic.active.decrement(1.0);

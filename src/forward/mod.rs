@@ -128,6 +128,7 @@ pub async fn forward(
     idle_timeout: Duration,
     stop: impl Future<Output = End>,
     meter: &impl Meter,
+    settle: (Duration, impl FnOnce()),
 ) -> Outcome {
     let progress = Progress {
         last_activity_ms: AtomicU64::new(millis_since_start()),
@@ -136,7 +137,7 @@ pub async fn forward(
     };
     let end = tokio::select! {
         end = both_ways(client, server, mode, &progress, meter) => end,
-        () = idle(&progress, idle_timeout) => End::IdleTimeout,
+        () = idle(&progress, idle_timeout, settle) => End::IdleTimeout,
         end = stop => end,
     };
     if end.resets() {
@@ -168,16 +169,31 @@ impl Progress {
     }
 }
 
-/// Completes once nothing has moved either way for `timeout`.
-async fn idle(progress: &Progress, timeout: Duration) {
+/// Completes once nothing has moved either way for `timeout`; on the way, runs
+/// `settle.1` once the connection has lasted `settle.0`.
+async fn idle(progress: &Progress, timeout: Duration, settle: (Duration, impl FnOnce())) {
     let timeout_ms = timeout.as_millis() as u64;
+    let (settle_after, settle) = settle;
+    let settle_at = tokio::time::Instant::now() + settle_after;
+    let mut settle = Some(settle);
     loop {
         let last = progress.last_activity_ms.load(Ordering::Relaxed);
         let idle_for = millis_since_start().saturating_sub(last);
         if idle_for >= timeout_ms {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(timeout_ms - idle_for)).await;
+        let now = tokio::time::Instant::now();
+        let mut wake = now + Duration::from_millis(timeout_ms - idle_for);
+        // The same timer wakes the connection for its settling: no second one.
+        if let Some(f) = settle.take() {
+            if now >= settle_at {
+                f();
+            } else {
+                settle = Some(f);
+                wake = wake.min(settle_at);
+            }
+        }
+        tokio::time::sleep_until(wake).await;
     }
 }
 
