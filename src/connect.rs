@@ -133,7 +133,6 @@ pub async fn connect_with(
         };
         match connected {
             Ok(stream) => {
-                set_user_timeout(&stream, config.user_timeout);
                 let connect_time = started.elapsed();
                 endpoint.connect_failures.store(0, Ordering::Relaxed);
                 server.metrics.connect_duration.record(connect_time.as_secs_f64());
@@ -207,6 +206,18 @@ async fn write_header(mut stream: TcpStream, header: &[u8]) -> Result<TcpStream,
     use tokio::io::AsyncWriteExt;
     stream.write_all(header).await.map_err(ConnectError::from_io)?;
     Ok(stream)
+}
+
+/// How long a server connection lives before it gets keepalive and its user timeout
+/// ([`settle`]): most connections are over sooner, and pay no syscall for them. Much
+/// shorter than either timer, which count from the last sign of the peer (keepalive) and
+/// from the first unacknowledged segment (user timeout), not from when they are set.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Gives a server connection that lasted [`SETTLE`] its keepalive and user timeout.
+pub fn settle(stream: &TcpStream, keepalive: Option<Duration>, user_timeout: Option<Duration>) {
+    set_keepalive(stream, keepalive);
+    set_user_timeout(stream, user_timeout);
 }
 
 /// TCP keepalive, so that a dead peer of a long-idle watch stream is noticed.

@@ -9,7 +9,7 @@
 //! configuration into a gatehouse one.
 //!
 //! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
-//! `admin`, `control`, `listener`, `proxy`, `forward`, `health`, `resolve`, `connect`,
+//! `admin`, `control`, `listener`, `cores`, `proxy`, `forward`, `health`, `resolve`, `connect`,
 //! `runtime`, `certwatch`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
 //! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse.
 
@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod cores;
 pub mod edge;
 pub mod forward;
 pub mod health;

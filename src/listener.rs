@@ -297,7 +297,7 @@ impl Listeners {
             let mut local = addr;
             let mut tasks = Vec::new();
             let mut duplicates = Vec::new();
-            for s in sockets {
+            for (i, s) in sockets.into_iter().enumerate() {
                 if let Ok(a) = s.local_addr() {
                     local = a;
                 }
@@ -305,22 +305,22 @@ impl Listeners {
                 if let Ok(d) = s.try_clone() {
                     duplicates.push(d);
                 }
-                let registered = s.set_nonblocking(true).and_then(|()| {
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::error!(%addr, "cannot register socket: {e}");
+                    continue;
+                }
+                // The i-th socket of an address on the i-th core: its connections stay there.
+                let (listener, settings, conns, ceiling) =
+                    (listener.clone(), settings.clone(), conns.clone(), ceiling.clone());
+                tasks.push(crate::cores::spawn_on(i, async move {
+                    // Registered from the event loop that polls it.
                     // SAFETY: the std listener owns its descriptor, and the AsyncFd owns
                     // the listener: it stays open and the same until the AsyncFd drops.
-                    unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
-                        .map_err(io::Error::from)
-                });
-                match registered {
-                    Ok(tl) => tasks.push(tokio::spawn(accept_loop(
-                        tl,
-                        listener.clone(),
-                        settings.clone(),
-                        conns.clone(),
-                        ceiling.clone(),
-                    ))),
-                    Err(e) => tracing::error!(%addr, "cannot register socket: {e}"),
-                }
+                    match unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) } {
+                        Ok(tl) => accept_loop(tl, listener, settings, conns, ceiling).await,
+                        Err(e) => tracing::error!(%addr, "cannot register socket: {}", io::Error::from(e)),
+                    }
+                }));
             }
             tracing::info!(listener = %l.name, %local, backend = %l.backend.name, "listening");
             self.bound.insert(
@@ -425,6 +425,25 @@ pub async fn accept_failed(what: &str, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(pause)).await;
 }
 
+/// Accepts one client, its socket already non-blocking (accept4 with SOCK_NONBLOCK on
+/// Linux: no second call per connection to make it so).
+fn accept_nonblocking(socket: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    #[cfg(target_os = "linux")]
+    {
+        let (stream, peer) = socket2::SockRef::from(socket).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "accepted a non-IP peer"))?;
+        Ok((stream.into(), peer))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (stream, peer) = socket.accept()?;
+        stream.set_nonblocking(true)?;
+        Ok((stream, peer))
+    }
+}
+
 /// Accepts on one socket. A place under the ceiling is taken only once a client is
 /// waiting on this very socket, and before it is accepted: at the ceiling the client
 /// stays in the backlog, and an idle socket holds no place another could use.
@@ -444,11 +463,8 @@ async fn accept_loop(
             }
         };
         let place = ceiling.take().await;
-        let accepted = match ready.try_io(|s| s.get_ref().accept()) {
-            Ok(result) => result.and_then(|(stream, peer)| {
-                stream.set_nonblocking(true)?;
-                Ok((TcpStream::from_std(stream)?, peer))
-            }),
+        let accepted = match ready.try_io(|s| accept_nonblocking(s.get_ref())) {
+            Ok(result) => result.and_then(|(stream, peer)| Ok((TcpStream::from_std(stream)?, peer))),
             // Nobody waiting after all (another wake-up took it): the place goes back.
             Err(_would_block) => continue,
         };

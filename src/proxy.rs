@@ -64,18 +64,29 @@ impl Connections {
     }
 }
 
+/// Connections open in the process (over every `Connections`).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many client connections are open now, the one logging its close included: the
+/// log writer buffers close lines while there are several.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
 /// Counts one connection while it lives.
 struct Tracked<'a>(&'a Connections);
 
 impl<'a> Tracked<'a> {
     fn new(c: &'a Connections) -> Self {
         c.active.fetch_add(1, Ordering::AcqRel);
+        OPEN.fetch_add(1, Ordering::Relaxed);
         Tracked(c)
     }
 }
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -176,7 +187,8 @@ pub async fn serve(
 
     // Pick and connect, trying other servers after a failure.
     let key = connect::client_key(peer);
-    let conn = match connect::connect_with(backend, key, settings.keepalive, header.as_deref()).await {
+    // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
+    let conn = match connect::connect_with(backend, key, None, header.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             listener.metrics.rejected_no_server.increment(1);
@@ -220,6 +232,10 @@ pub async fn serve(
         settings.idle_timeout,
         stop,
         &meter,
+        // Keepalive and user timeout on the server side, once the connection lasts.
+        (connect::SETTLE, || {
+            connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout)
+        }),
     )
     .await;
     traffic.active.decrement(1.0);

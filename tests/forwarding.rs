@@ -310,10 +310,17 @@ fn both_sides_of_a_connection_have_tcp_keepalive() {
         towards_client.contains("timer:(keepalive"),
         "client side lacks keepalive: {towards_client:?}"
     );
-    // gatehouse's end of the server connection: peer = the echo server.
-    let towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
+    // gatehouse's end of the server connection: peer = the echo server. It gets its
+    // keepalive once it has lasted a moment (connect::SETTLE, 250 ms): poll for it.
+    let started = std::time::Instant::now();
+    let mut towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
+    while !towards_server.contains("timer:(keepalive") && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
+    }
     assert!(
         towards_server.contains("timer:(keepalive"),
-        "server side lacks keepalive: {towards_server:?}"
+        "server side lacks keepalive {:?} after the first round trip: {towards_server:?}",
+        started.elapsed()
     );
 }

@@ -35,7 +35,7 @@ pub fn init(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(super::log_buffer::Stdout);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         // ANSI colours only on a terminal.

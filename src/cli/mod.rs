@@ -13,6 +13,7 @@ pub mod check;
 pub mod ctl;
 pub mod import;
 pub mod log;
+pub mod log_buffer;
 pub mod reload;
 pub mod run;
 

@@ -11,14 +11,23 @@ use super::Cli;
 pub fn run(cli: &Cli) -> ExitCode {
     super::log::init(cli);
     let inherited = systemd::inherited_sockets();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One event loop per accept socket of an address: one per core.
+    if let Err(e) = gatehouse::cores::start(gatehouse::listener::accept_sockets(), super::log_buffer::flush_thread) {
+        eprintln!("gatehouse: cannot start the data path threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(super::log_buffer::flush_thread)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehouse: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         // Before READY=1: a SIGTERM or SIGHUP sent right after it must find its handler,
         // not the default action, which ends the process.
         let signals = install_signals();
@@ -44,7 +53,10 @@ pub fn run(cli: &Cli) -> ExitCode {
         wait_for_signals(&app, signals).await;
         app.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // The close lines of the last connections.
+    super::log_buffer::flush();
+    code
 }
 
 type Signals = [std::io::Result<tokio::signal::unix::Signal>; 3];

@@ -128,6 +128,7 @@ pub async fn forward(
     idle_timeout: Duration,
     stop: impl Future<Output = End>,
     meter: &impl Meter,
+    settle: (Duration, impl FnOnce()),
 ) -> Outcome {
     let progress = Progress {
         last_activity_ms: AtomicU64::new(millis_since_start()),
@@ -136,7 +137,7 @@ pub async fn forward(
     };
     let end = tokio::select! {
         end = both_ways(client, server, mode, &progress, meter) => end,
-        () = idle(&progress, idle_timeout) => End::IdleTimeout,
+        () = idle(&progress, idle_timeout, settle) => End::IdleTimeout,
         end = stop => end,
     };
     if end.resets() {
@@ -168,16 +169,31 @@ impl Progress {
     }
 }
 
-/// Completes once nothing has moved either way for `timeout`.
-async fn idle(progress: &Progress, timeout: Duration) {
+/// Completes once nothing has moved either way for `timeout`; on the way, runs
+/// `settle.1` once the connection has lasted `settle.0`.
+async fn idle(progress: &Progress, timeout: Duration, settle: (Duration, impl FnOnce())) {
     let timeout_ms = timeout.as_millis() as u64;
+    let (settle_after, settle) = settle;
+    let settle_at = tokio::time::Instant::now() + settle_after;
+    let mut settle = Some(settle);
     loop {
         let last = progress.last_activity_ms.load(Ordering::Relaxed);
         let idle_for = millis_since_start().saturating_sub(last);
         if idle_for >= timeout_ms {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(timeout_ms - idle_for)).await;
+        let now = tokio::time::Instant::now();
+        let mut wake = now + Duration::from_millis(timeout_ms - idle_for);
+        // The same timer wakes the connection for its settling: no second one.
+        if let Some(f) = settle.take() {
+            if now >= settle_at {
+                f();
+            } else {
+                settle = Some(f);
+                wake = wake.min(settle_at);
+            }
+        }
+        tokio::time::sleep_until(wake).await;
     }
 }
 
@@ -210,8 +226,10 @@ async fn both_ways_with<C: Conduit>(
     let mut down = Pump::<C>::new(Direction::ServerToClient);
     let mut first_closed: Option<End> = None;
     std::future::poll_fn(|cx| {
-        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…)
-        for (pump, src, dst, closed, src_reset, dst_reset) in [
+        let (up_done, down_done) = (up.done, down.done);
+        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…,
+        // the other direction is over)
+        for (pump, src, dst, closed, src_reset, dst_reset, other_done) in [
             (
                 &mut up,
                 client,
@@ -219,6 +237,7 @@ async fn both_ways_with<C: Conduit>(
                 End::ClientClosed,
                 End::ClientReset,
                 End::ServerReset,
+                down_done,
             ),
             (
                 &mut down,
@@ -227,9 +246,10 @@ async fn both_ways_with<C: Conduit>(
                 End::ServerClosed,
                 End::ServerReset,
                 End::ClientReset,
+                up_done,
             ),
         ] {
-            match pump.poll(cx, src, dst, progress, meter) {
+            match pump.poll(cx, src, dst, progress, meter, other_done) {
                 Poll::Ready(Ok(())) => {
                     first_closed.get_or_insert(closed);
                 }
@@ -281,7 +301,8 @@ struct Filled {
 /// other connections of its worker thread.
 const CHUNKS_PER_POLL: usize = 16;
 
-/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN.
+/// One direction: from `src` to `dst` until `src` ends, then `dst` gets a FIN (a
+/// shutdown; or the close itself, when the other direction has ended first).
 struct Pump<C> {
     direction: Direction,
     conduit: Option<C>,
@@ -307,6 +328,7 @@ impl<C: Conduit> Pump<C> {
         dst: &TcpStream,
         progress: &Progress,
         meter: &impl Meter,
+        other_done: bool,
     ) -> Poll<Result<(), Failed>> {
         if self.done {
             return Poll::Pending;
@@ -342,6 +364,11 @@ impl<C: Conduit> Pump<C> {
                 self.done = true;
                 if let Some(c) = self.conduit.take() {
                     c.give();
+                }
+                if other_done {
+                    // Both sources have ended: the close that follows sends this FIN,
+                    // with nothing unread to turn it into a reset.
+                    return Poll::Ready(Ok(()));
                 }
                 return Poll::Ready(match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
                     Ok(()) => Ok(()),
