@@ -474,10 +474,7 @@ async fn accept_loop(
                 let l = listener.load_full();
                 let s = **settings.load();
                 let conns = conns.clone();
-                tokio::spawn(async move {
-                    let _place = place;
-                    proxy::serve(stream, peer, l, s, conns).await;
-                });
+                tokio::spawn(proxy::serve(stream, peer, l, s, conns, place));
             }
             Err(e) => {
                 drop(place);

@@ -5,25 +5,29 @@
 //! Everything a connection needs comes from the listener's snapshot, taken once at
 //! accept: a reload during the connection changes nothing for it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::clock::rounded_ms;
 use crate::config::{OnDown, ProxyVersion};
 use crate::connect::{self, NoServer};
-use crate::edge::admission::Refused;
+use crate::edge::admission::{Admitted, Refused};
 use crate::edge::inspect::{self, Carried, ProxyRefusal};
 use crate::edge::proxy_protocol;
 use crate::edge::source_rules::{SourceRules, Verdict};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
 use crate::ratelimit::RateLimitedLog;
-use crate::runtime::{close_signal, wake_for_close, Listener, Server};
+use crate::runtime::{close_signal, wake_for_close, Backend, Endpoint, Listener, Server};
 
 /// The target of close lines: the text log shows their message alone, the JSON log
 /// their fields too.
@@ -119,49 +123,167 @@ pub struct Settings {
     pub forwarding: crate::config::Forwarding,
 }
 
-/// Serves one accepted client until both sides are done.
-pub async fn serve(
+/// Serves one accepted client until both sides are done; `place` is its place under
+/// the connection ceiling, held to the end.
+///
+/// A plain function returning an `async` block rather than an `async fn`: the block
+/// uses what it captured in place, where an `async fn` would keep each argument twice
+/// (as given and as its local). With the edge and the connect boxed (`open`) and
+/// forwarding written out by hand (`forward::Forward`), an idle connection's task
+/// holds little more than its sockets, its timer and its close-log fields.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve<P: Send + 'static>(
     mut client: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
     settings: Settings,
     conns: Arc<Connections>,
-) {
-    let accepted_at = Instant::now();
-    let _tracked = Tracked::new(&conns);
-    let _listener_active = Held::new(&listener.counters.active);
-    listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    listener.metrics.accepted.increment(1);
+    place: P,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _place = place;
+        let accepted_at = Instant::now();
+        let _tracked = Tracked::new(&conns);
+        let _listener_active = Held::new(&listener.counters.active);
+        listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        listener.metrics.accepted.increment(1);
 
-    if let Some(max) = listener.config.max_connections {
-        if listener.counters.active.load(Ordering::Relaxed) as usize > max {
-            listener.metrics.rejected_limit.increment(1);
-            note_rejected(&listener.name, peer, "connection limit reached");
-            return;
+        if let Some(max) = listener.config.max_connections {
+            if listener.counters.active.load(Ordering::Relaxed) as usize > max {
+                listener.metrics.rejected_limit.increment(1);
+                note_rejected(&listener.name, peer, "connection limit reached");
+                return;
+            }
         }
-    }
-    // TCP_NODELAY, keepalive and user timeout come with the socket from its listener (listener.rs).
+        // TCP_NODELAY, keepalive and user timeout come with the socket from its listener (listener.rs).
 
-    // The edge: who the client really is (the PROXY header of a trusted balancer in
-    // front), then which backend its TLS server name asks for. From here on `peer` is
-    // the client the header carried: source rules and limits, logs, source-hash and
-    // PROXY sending use it.
+        // The edge and the connect, boxed: what they need while they wait (a PROXY
+        // header or a ClientHello in reading, a connect in progress) is freed before
+        // forwarding, so a connection that idles for hours holds only what forwarding needs.
+        let Some(session) = Box::pin(open(&mut client, peer, &listener, accepted_at)).await else {
+            return;
+        };
+        // Used in place, not taken apart: a copy of each part would stay in the task.
+        let backend = session.backend;
+        let conn = &session.conn;
+        let server = &backend.servers[conn.server].server;
+        server.connections.fetch_add(1, Ordering::Relaxed);
+        let _server_active = Held::new(&server.active);
+        let _endpoint_active = Held::new(&conn.endpoint.active);
+        session.traffic.active.increment(1.0);
+
+        // Forward until both sides are done, or gatehouse has to cut it short.
+        let stop = Stop {
+            closing: &conns.closing,
+            endpoint: (backend.config.on_down == OnDown::Close).then_some(&*conn.endpoint),
+            woken: close_signal().notified(),
+        };
+        let outcome = forward::forward(
+            &client,
+            &conn.stream,
+            settings.forwarding,
+            settings.idle_timeout,
+            stop,
+            TrafficMeter {
+                traffic: session.traffic,
+                server,
+            },
+            // Keepalive and user timeout on the server side, once the connection lasts.
+            (connect::SETTLE, || {
+                connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout)
+            }),
+        )
+        .await;
+        session.traffic.active.decrement(1.0);
+        session.traffic.closed[outcome.end.index()].increment(1);
+
+        let duration = accepted_at.elapsed();
+        listener.metrics.duration.record(duration.as_secs_f64());
+        // The client is the one a trusted PROXY header carried, if any.
+        log_close(
+            &listener,
+            session.peer,
+            backend,
+            server,
+            conn,
+            session.sni.as_deref(),
+            duration,
+            &outcome,
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Completes when gatehouse must cut the connection short: the drain time is over,
+    /// or (with `on_down = "close"`) its endpoint went down. Woken by the close signal.
+    struct Stop<'a> {
+        closing: &'a AtomicBool,
+        // The endpoint to watch, with `on_down = "close"`.
+        endpoint: Option<&'a Endpoint>,
+        #[pin]
+        woken: Notified<'static>,
+    }
+}
+
+impl Future for Stop<'_> {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let mut this = self.project();
+        // Listen before looking, so that no wake-up falls between the two.
+        while this.woken.as_mut().poll(cx).is_ready() {
+            this.woken.set(close_signal().notified());
+        }
+        if this.closing.load(Ordering::Acquire) {
+            return Poll::Ready(End::Shutdown);
+        }
+        if this.endpoint.is_some_and(|e| !e.is_up()) {
+            return Poll::Ready(End::ServerDown);
+        }
+        Poll::Pending
+    }
+}
+
+/// A client past the edge and connected to a server: what forwarding and the close
+/// log need.
+struct Session<'a> {
+    /// The client: the one a trusted PROXY header carried, else the peer.
+    peer: SocketAddr,
+    sni: Option<String>,
+    backend: &'a Backend,
+    traffic: &'a TrafficMetrics,
+    conn: connect::Connected,
+    /// The client's place under its source limit.
+    _admitted: Admitted,
+}
+
+/// The edge (PROXY header, source rules and limits, SNI), then pick and connect; None
+/// when the client was refused or no server could take it (counted and logged here).
+async fn open<'a>(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &'a Listener,
+    accepted_at: Instant,
+) -> Option<Session<'a>> {
+    // Who the client really is (the PROXY header of a trusted balancer in front), then
+    // which backend its TLS server name asks for. From here on `peer` is the client the
+    // header carried: source rules and limits, logs, source-hash and PROXY sending use it.
     let (peer, carried_dest) = match &listener.trusted {
         None => (peer, None),
-        Some(trusted) => match accept_proxy(&mut client, peer, trusted, &listener).await {
+        Some(trusted) => match accept_proxy(client, peer, trusted, listener).await {
             Ok(carried) => (carried.source.unwrap_or(peer), carried.dest),
             Err(refusal) => {
                 if let Some(c) = listener.metrics.proxy_refused(refusal.reason()) {
                     c.increment(1);
                 }
                 note_rejected(&listener.name, peer, &format!("{}: {refusal}", refusal.reason()));
-                return;
+                return None;
             }
         },
     };
     // Then allow/deny and per-source limits, on that client (the carried address when
     // a balancer in front sends PROXY headers).
-    let _admitted = match listener.admission.admit(peer.ip(), accepted_at) {
+    let admitted = match listener.admission.admit(peer.ip(), accepted_at) {
         Ok(admitted) => admitted,
         Err(refused) => {
             match refused {
@@ -169,13 +291,13 @@ pub async fn serve(
                 Refused::SourceLimit(_) => listener.metrics.rejected_source_limit.increment(1),
             }
             note_refused(&listener.name, peer, &refused);
-            return;
+            return None;
         }
     };
 
     let sni = match listener.routes.is_empty() {
         true => None,
-        false => inspect::peek_server_name(&client, listener.config.inspect_timeout)
+        false => inspect::peek_server_name(client, listener.config.inspect_timeout)
             .await
             .ok(),
     };
@@ -188,8 +310,15 @@ pub async fn serve(
     // Pick and connect, trying other servers after a failure.
     let key = connect::client_key(peer);
     // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
-    let conn = match connect::connect_with(backend, key, None, header.as_deref()).await {
-        Ok(conn) => conn,
+    match connect::connect_with(backend, key, None, header.as_deref()).await {
+        Ok(conn) => Some(Session {
+            peer,
+            sni,
+            backend,
+            traffic: &traffic_by_server[conn.server],
+            conn,
+            _admitted: admitted,
+        }),
         Err(e) => {
             listener.metrics.rejected_no_server.increment(1);
             let why = match &e {
@@ -197,52 +326,23 @@ pub async fn serve(
                 NoServer::AllFailed { .. } => format!("backend {}: {e}", backend.name),
             };
             note_rejected(&listener.name, peer, &why);
-            return;
+            None
         }
-    };
-    let entry = &backend.servers[conn.server];
-    let server = &entry.server;
-    let traffic = &traffic_by_server[conn.server];
-    server.connections.fetch_add(1, Ordering::Relaxed);
-    let _server_active = Held::new(&server.active);
-    let _endpoint_active = Held::new(&conn.endpoint.active);
-    traffic.active.increment(1.0);
+    }
+}
 
-    // Forward until both sides are done, or gatehouse has to cut it short.
-    let mut woken = close_signal().subscribe();
-    let close_on_down = backend.config.on_down == OnDown::Close;
-    let stop = async {
-        loop {
-            if conns.closing.load(Ordering::Acquire) {
-                return End::Shutdown;
-            }
-            if close_on_down && !conn.endpoint.is_up() {
-                return End::ServerDown;
-            }
-            if woken.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-    };
-    let meter = TrafficMeter { traffic, server };
-    let outcome = forward::forward(
-        &client,
-        &conn.stream,
-        settings.forwarding,
-        settings.idle_timeout,
-        stop,
-        &meter,
-        // Keepalive and user timeout on the server side, once the connection lasts.
-        (connect::SETTLE, || {
-            connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout)
-        }),
-    )
-    .await;
-    traffic.active.decrement(1.0);
-    traffic.closed[outcome.end.index()].increment(1);
-
-    let duration = accepted_at.elapsed();
-    listener.metrics.duration.record(duration.as_secs_f64());
+/// The close line: the short tcplog line as its message, every field for the JSON log.
+#[allow(clippy::too_many_arguments)]
+fn log_close(
+    listener: &Listener,
+    peer: SocketAddr,
+    backend: &Backend,
+    server: &Server,
+    conn: &connect::Connected,
+    sni: Option<&str>,
+    duration: Duration,
+    outcome: &forward::Outcome,
+) {
     tracing::info!(
         target: CLOSE_LOG_TARGET,
         client = %peer,
@@ -256,7 +356,7 @@ pub async fn serve(
         bytes_in = outcome.client_to_server,
         bytes_out = outcome.server_to_client,
         end = outcome.end.as_str(),
-        sni = sni.as_deref(),
+        sni,
         "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}{}",
         listener.name,
         backend.name,
@@ -270,7 +370,7 @@ pub async fn serve(
             0 => String::new(),
             n => format!(" (after {n} failed connect{})", if n == 1 { "" } else { "s" }),
         },
-        match &sni {
+        match sni {
             Some(name) => format!(" sni={name}"),
             None => String::new(),
         },

@@ -9,12 +9,12 @@
 //! operator, read by the data path without locks.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::balance::{self, Candidate, Picker};
 use crate::certwatch::CertReport;
@@ -148,15 +148,24 @@ impl Candidate for Endpoint {
 /// Wakes the connections that may have to be cut short: at the end of the drain time,
 /// and when an endpoint goes down (for backends with `on_down = "close"`). One signal
 /// for both keeps an idle connection small; each connection checks whether the
-/// wake-up concerns it.
-pub fn close_signal() -> &'static watch::Sender<u64> {
-    static SIGNAL: std::sync::OnceLock<watch::Sender<u64>> = std::sync::OnceLock::new();
-    SIGNAL.get_or_init(|| watch::channel(0).0)
+/// wake-up concerns it. Sharded by thread, so that connections of different event
+/// loops never wait on one list (and its lock).
+pub fn close_signal() -> &'static Notify {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % CLOSE_SHARDS;
+    }
+    &CLOSE_SIGNALS[SHARD.with(|s| *s)]
 }
+
+const CLOSE_SHARDS: usize = 8;
+static CLOSE_SIGNALS: [Notify; CLOSE_SHARDS] = [const { Notify::const_new() }; CLOSE_SHARDS];
 
 /// Wakes every connection to check whether it must close.
 pub fn wake_for_close() {
-    close_signal().send_modify(|n| *n = n.wrapping_add(1));
+    for signal in &CLOSE_SIGNALS {
+        signal.notify_waiters();
+    }
 }
 
 /// A server of a backend, as long as it stays in the config with the same address and check.

@@ -160,6 +160,98 @@ fn a_server_half_close_reaches_the_client_while_the_client_keeps_sending() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 50_000);
 }
 
+/// The segments `s` has received (Linux TCP_INFO), and the bytes it has sent that its
+/// peer has not acknowledged yet.
+#[cfg(target_os = "linux")]
+fn segments_in_and_unacked(s: &std::net::TcpStream) -> (u32, u32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TCP_INFO into a zeroed tcp_info of the size passed; the kernel writes at
+    // most that many bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    (info.tcpi_segs_in, info.tcpi_unacked)
+}
+
+/// A short answer followed by the server's close is the common end of an API call
+/// (HTTP/1.1 `Connection: close`): when its FIN has already arrived behind the last
+/// bytes, gatehouse passes both on in one segment, as HAProxy does, instead of the
+/// bytes, then a bare FIN (a packet, a wake-up of the client and a read fewer).
+#[cfg(target_os = "linux")]
+fn last_bytes_and_fin_go_in_one_segment(forwarding: &str) {
+    let (got_request, request_seen) = std::sync::mpsc::channel();
+    let (answer, go) = std::sync::mpsc::channel::<()>();
+    let go = std::sync::Mutex::new(go);
+    let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
+        let mut request = [0u8; 4];
+        s.read_exact(&mut request).unwrap();
+        got_request.send(()).unwrap();
+        go.lock().unwrap().recv_timeout(Duration::from_secs(10)).unwrap();
+        // The answer and the FIN in one segment: gatehouse sees both in one wake-up.
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid socket and 4 readable bytes.
+        let sent = unsafe { libc::send(s.as_raw_fd(), b"pong".as_ptr().cast(), 4, libc::MSG_MORE) };
+        assert_eq!(sent, 4);
+        s.shutdown(Shutdown::Write).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    let g = gatehouse_to(backend.addr, forwarding);
+    let mut client = connect(g.addr("front"));
+    client.write_all(b"ping").unwrap();
+    request_seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reaches the server");
+    // Wait (bounded) for gatehouse to acknowledge the request, so that the count below
+    // starts with nothing else in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while segments_in_and_unacked(&client).1 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was never acknowledged"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (before, _) = segments_in_and_unacked(&client);
+    answer.send(()).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    let (after, _) = segments_in_and_unacked(&client);
+    assert_eq!(got, b"pong");
+    assert_eq!(
+        after - before,
+        1,
+        "the answer and the FIN came in {} segments, not one",
+        after - before
+    );
+    drop(client);
+    assert!(
+        g.wait_log("in=4 out=4 server closed", Duration::from_secs(5)),
+        "{}",
+        g.log()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_last_bytes_and_the_fin_go_in_one_segment_with_splice() {
+    last_bytes_and_fin_go_in_one_segment("splice");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_last_bytes_and_the_fin_go_in_one_segment_with_copy() {
+    last_bytes_and_fin_go_in_one_segment("copy");
+}
+
 #[test]
 fn a_server_reset_reaches_the_client_as_a_reset() {
     let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), |mut s| {

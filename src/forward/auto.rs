@@ -53,11 +53,11 @@ impl Conduit for Auto {
         Ok(filled)
     }
 
-    fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
+    fn flush(&mut self, dst: &TcpStream, last: bool) -> io::Result<usize> {
         // Only one of them holds bytes: the pump flushes all before it reads again.
         match (&mut self.buffer, &mut self.pipe) {
-            (Some(b), _) if b.pending() > 0 => b.flush(dst),
-            (_, Some(p)) => p.flush(dst),
+            (Some(b), _) if b.pending() > 0 => b.flush(dst, last),
+            (_, Some(p)) => p.flush(dst, last),
             _ => Ok(0),
         }
     }

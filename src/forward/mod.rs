@@ -13,13 +13,14 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::clock::millis_since_start;
 use crate::config::Forwarding;
@@ -120,151 +121,240 @@ pub trait Meter {
 }
 
 /// Forwards until both directions are closed, one side resets, the connection idles
-/// for `idle_timeout`, or `stop` completes (with the reason it gives).
-pub async fn forward(
-    client: &TcpStream,
-    server: &TcpStream,
+/// for `idle_timeout`, or `stop` completes (with the reason it gives). On the way,
+/// `settle.1` runs once the connection has lasted `settle.0`.
+pub fn forward<'a, M: Meter, S: Future<Output = End>, F: FnOnce()>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
     mode: Forwarding,
     idle_timeout: Duration,
-    stop: impl Future<Output = End>,
-    meter: &impl Meter,
-    settle: (Duration, impl FnOnce()),
-) -> Outcome {
-    let progress = Progress {
-        last_activity_ms: AtomicU64::new(millis_since_start()),
-        client_to_server: AtomicU64::new(0),
-        server_to_client: AtomicU64::new(0),
-    };
-    let end = tokio::select! {
-        end = both_ways(client, server, mode, &progress, meter) => end,
-        () = idle(&progress, idle_timeout, settle) => End::IdleTimeout,
-        end = stop => end,
-    };
-    if end.resets() {
-        // A reset for a reset, and for anything gatehouse itself cuts short: the peer
-        // must not take a cut-off stream for a complete one.
-        for s in [client, server] {
-            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
-        }
-    }
-    Outcome {
-        client_to_server: progress.client_to_server.load(Ordering::Relaxed),
-        server_to_client: progress.server_to_client.load(Ordering::Relaxed),
-        end,
+    stop: S,
+    meter: M,
+    settle: (Duration, F),
+) -> Forward<'a, M, S, F> {
+    let now = Instant::now();
+    let idle_deadline = now + idle_timeout;
+    let settle_at = now + settle.0;
+    Forward {
+        client,
+        server,
+        meter,
+        pumps: Pumps::new(mode),
+        progress: Progress {
+            last_activity_ms: millis_since_start(),
+            client_to_server: 0,
+            server_to_client: 0,
+        },
+        first_closed: None,
+        idle_timeout_ms: idle_timeout.as_millis() as u64,
+        settle_at,
+        settle: Some(settle.1),
+        timer: tokio::time::sleep_until(idle_deadline.min(settle_at)),
+        stop,
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A forwarded connection, written out by hand rather than as an `async fn`: its
+    /// fields are all an idle connection holds (two pumps without conduits, one timer,
+    /// the stop signal), so ten thousand idle watch streams stay small.
+    pub struct Forward<'a, M, S, F> {
+        client: &'a TcpStream,
+        server: &'a TcpStream,
+        meter: M,
+        pumps: Pumps,
+        progress: Progress,
+        first_closed: Option<End>,
+        idle_timeout_ms: u64,
+        settle_at: Instant,
+        settle: Option<F>,
+        // One timer for both the idle timeout and the settling.
+        #[pin]
+        timer: Sleep,
+        #[pin]
+        stop: S,
+    }
+}
+
+impl<M: Meter, S: Future<Output = End>, F: FnOnce()> Future for Forward<'_, M, S, F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        let end = match this.pumps.poll(
+            cx,
+            this.client,
+            this.server,
+            this.progress,
+            this.meter,
+            this.first_closed,
+        ) {
+            Poll::Ready(end) => end,
+            Poll::Pending => match this.stop.poll(cx) {
+                Poll::Ready(end) => end,
+                Poll::Pending => {
+                    if !idle_over(
+                        this.timer.as_mut(),
+                        cx,
+                        this.progress,
+                        *this.idle_timeout_ms,
+                        *this.settle_at,
+                        this.settle,
+                    ) {
+                        return Poll::Pending;
+                    }
+                    End::IdleTimeout
+                }
+            },
+        };
+        if end.resets() {
+            // A reset for a reset, and for anything gatehouse itself cuts short: the peer
+            // must not take a cut-off stream for a complete one.
+            for s in [*this.client, *this.server] {
+                let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+            }
+        }
+        Poll::Ready(Outcome {
+            client_to_server: this.progress.client_to_server,
+            server_to_client: this.progress.server_to_client,
+            end,
+        })
+    }
+}
+
+/// Bytes moved and when the last of them moved.
 struct Progress {
-    last_activity_ms: AtomicU64,
-    client_to_server: AtomicU64,
-    server_to_client: AtomicU64,
+    last_activity_ms: u64,
+    client_to_server: u64,
+    server_to_client: u64,
 }
 
 impl Progress {
-    fn counter(&self, d: Direction) -> &AtomicU64 {
+    fn moved(&mut self, d: Direction, bytes: usize) {
         match d {
-            Direction::ClientToServer => &self.client_to_server,
-            Direction::ServerToClient => &self.server_to_client,
+            Direction::ClientToServer => self.client_to_server += bytes as u64,
+            Direction::ServerToClient => self.server_to_client += bytes as u64,
         }
+        self.last_activity_ms = millis_since_start();
     }
 }
 
-/// Completes once nothing has moved either way for `timeout`; on the way, runs
-/// `settle.1` once the connection has lasted `settle.0`.
-async fn idle(progress: &Progress, timeout: Duration, settle: (Duration, impl FnOnce())) {
-    let timeout_ms = timeout.as_millis() as u64;
-    let (settle_after, settle) = settle;
-    let settle_at = tokio::time::Instant::now() + settle_after;
-    let mut settle = Some(settle);
+/// Whether nothing has moved either way for the idle timeout. When the timer fires
+/// early (bytes moved since it was set, or it was set for the settling), the settling
+/// runs if due and the timer is set again.
+fn idle_over(
+    mut timer: Pin<&mut Sleep>,
+    cx: &mut Context<'_>,
+    progress: &Progress,
+    timeout_ms: u64,
+    settle_at: Instant,
+    settle: &mut Option<impl FnOnce()>,
+) -> bool {
     loop {
-        let last = progress.last_activity_ms.load(Ordering::Relaxed);
-        let idle_for = millis_since_start().saturating_sub(last);
-        if idle_for >= timeout_ms {
-            return;
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
         }
-        let now = tokio::time::Instant::now();
+        let idle_for = millis_since_start().saturating_sub(progress.last_activity_ms);
+        if idle_for >= timeout_ms {
+            return true;
+        }
+        let now = Instant::now();
         let mut wake = now + Duration::from_millis(timeout_ms - idle_for);
-        // The same timer wakes the connection for its settling: no second one.
         if let Some(f) = settle.take() {
             if now >= settle_at {
                 f();
             } else {
-                settle = Some(f);
+                *settle = Some(f);
                 wake = wake.min(settle_at);
             }
         }
-        tokio::time::sleep_until(wake).await;
+        timer.as_mut().reset(wake);
     }
 }
 
-/// Runs both directions; the end is decided by which side closed first or reset.
-async fn both_ways(
-    client: &TcpStream,
-    server: &TcpStream,
-    mode: Forwarding,
-    progress: &Progress,
-    meter: &impl Meter,
-) -> End {
-    match mode {
-        #[cfg(target_os = "linux")]
-        Forwarding::Splice => both_ways_with::<auto::Auto>(client, server, progress, meter).await,
-        #[cfg(not(target_os = "linux"))]
-        Forwarding::Splice => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
-        Forwarding::Copy => both_ways_with::<copy::Buffer>(client, server, progress, meter).await,
+/// The two directions, with the conduit of the forwarding mode.
+enum Pumps {
+    #[cfg(target_os = "linux")]
+    Auto([Pump<auto::Auto>; 2]),
+    Copy([Pump<copy::Buffer>; 2]),
+}
+
+impl Pumps {
+    fn new(mode: Forwarding) -> Self {
+        match mode {
+            #[cfg(target_os = "linux")]
+            Forwarding::Splice => Pumps::Auto(Pump::pair()),
+            #[cfg(not(target_os = "linux"))]
+            Forwarding::Splice => Pumps::Copy(Pump::pair()),
+            Forwarding::Copy => Pumps::Copy(Pump::pair()),
+        }
+    }
+
+    /// Runs both directions; ready with the end once both sides are done (decided by
+    /// which closed first) or one has failed.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        server: &TcpStream,
+        progress: &mut Progress,
+        meter: &impl Meter,
+        first_closed: &mut Option<End>,
+    ) -> Poll<End> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Pumps::Auto(pumps) => both_ways(pumps, cx, client, server, progress, meter, first_closed),
+            Pumps::Copy(pumps) => both_ways(pumps, cx, client, server, progress, meter, first_closed),
+        }
     }
 }
 
-/// Both pumps driven by hand from one small future rather than two `async fn`s each
-/// holding its own readiness future: an idle connection costs less memory this way.
-async fn both_ways_with<C: Conduit>(
+fn both_ways<C: Conduit>(
+    [up, down]: &mut [Pump<C>; 2],
+    cx: &mut Context<'_>,
     client: &TcpStream,
     server: &TcpStream,
-    progress: &Progress,
+    progress: &mut Progress,
     meter: &impl Meter,
-) -> End {
-    let mut up = Pump::<C>::new(Direction::ClientToServer);
-    let mut down = Pump::<C>::new(Direction::ServerToClient);
-    let mut first_closed: Option<End> = None;
-    std::future::poll_fn(|cx| {
-        let (up_done, down_done) = (up.done, down.done);
-        // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…,
-        // the other direction is over)
-        for (pump, src, dst, closed, src_reset, dst_reset, other_done) in [
-            (
-                &mut up,
-                client,
-                server,
-                End::ClientClosed,
-                End::ClientReset,
-                End::ServerReset,
-                down_done,
-            ),
-            (
-                &mut down,
-                server,
-                client,
-                End::ServerClosed,
-                End::ServerReset,
-                End::ClientReset,
-                up_done,
-            ),
-        ] {
-            match pump.poll(cx, src, dst, progress, meter, other_done) {
-                Poll::Ready(Ok(())) => {
-                    first_closed.get_or_insert(closed);
-                }
-                Poll::Ready(Err(Failed::Read(e))) => return Poll::Ready(End::failed(src_reset, &e)),
-                Poll::Ready(Err(Failed::Write(e))) => return Poll::Ready(End::failed(dst_reset, &e)),
-                Poll::Pending => {}
+    first_closed: &mut Option<End>,
+) -> Poll<End> {
+    let (up_done, down_done) = (up.done, down.done);
+    // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…,
+    // the other direction is over)
+    for (pump, src, dst, closed, src_reset, dst_reset, other_done) in [
+        (
+            &mut *up,
+            client,
+            server,
+            End::ClientClosed,
+            End::ClientReset,
+            End::ServerReset,
+            down_done,
+        ),
+        (
+            &mut *down,
+            server,
+            client,
+            End::ServerClosed,
+            End::ServerReset,
+            End::ClientReset,
+            up_done,
+        ),
+    ] {
+        match pump.poll(cx, src, dst, progress, meter, other_done) {
+            Poll::Ready(Ok(())) => {
+                first_closed.get_or_insert(closed);
             }
+            Poll::Ready(Err(Failed::Read(e))) => return Poll::Ready(End::failed(src_reset, &e)),
+            Poll::Ready(Err(Failed::Write(e))) => return Poll::Ready(End::failed(dst_reset, &e)),
+            Poll::Pending => {}
         }
-        if up.done && down.done {
-            Poll::Ready(first_closed.unwrap_or(End::ClientClosed))
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+    }
+    if up.done && down.done {
+        Poll::Ready(first_closed.unwrap_or(End::ClientClosed))
+    } else {
+        Poll::Pending
+    }
 }
 
 /// Which side of a one-way pump failed, and how.
@@ -282,8 +372,10 @@ trait Conduit: Sized {
     fn give(self);
     /// Reads from `src` into the conduit; Ok(0) is the end of the stream.
     fn fill(&mut self, src: &TcpStream) -> io::Result<Filled>;
-    /// Writes what the conduit holds into `dst`; returns how much went.
-    fn flush(&mut self, dst: &TcpStream) -> io::Result<usize>;
+    /// Writes what the conduit holds into `dst`; returns how much went. `last`: these
+    /// are the source's last bytes and a FIN follows at once, so the kernel may hold
+    /// them back to send them with it, in one segment (MSG_MORE).
+    fn flush(&mut self, dst: &TcpStream, last: bool) -> io::Result<usize>;
     /// Bytes held.
     fn pending(&self) -> usize;
 }
@@ -312,13 +404,13 @@ struct Pump<C> {
 }
 
 impl<C: Conduit> Pump<C> {
-    fn new(direction: Direction) -> Self {
-        Pump {
+    fn pair() -> [Self; 2] {
+        [Direction::ClientToServer, Direction::ServerToClient].map(|direction| Pump {
             direction,
             conduit: None,
             eof: false,
             done: false,
-        }
+        })
     }
 
     fn poll(
@@ -326,7 +418,7 @@ impl<C: Conduit> Pump<C> {
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
-        progress: &Progress,
+        progress: &mut Progress,
         meter: &impl Meter,
         other_done: bool,
     ) -> Poll<Result<(), Failed>> {
@@ -342,12 +434,9 @@ impl<C: Conduit> Pump<C> {
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                         Poll::Ready(Ok(())) => {}
                     }
-                    match dst.try_io(Interest::WRITABLE, || c.flush(dst)) {
+                    match dst.try_io(Interest::WRITABLE, || c.flush(dst, self.eof)) {
                         Ok(sent) => {
-                            progress
-                                .counter(self.direction)
-                                .fetch_add(sent as u64, Ordering::Relaxed);
-                            progress.last_activity_ms.store(millis_since_start(), Ordering::Relaxed);
+                            progress.moved(self.direction, sent);
                             meter.moved(self.direction, sent as u64);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -387,6 +476,8 @@ impl<C: Conduit> Pump<C> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
                 Poll::Ready(Ok(())) => {}
             }
+            // Whether the source's FIN is already here, behind whatever it sent last.
+            let fin_queued = fin_queued(src, cx);
             let c = match self.conduit.as_mut() {
                 Some(c) => c,
                 None => match C::take() {
@@ -396,15 +487,18 @@ impl<C: Conduit> Pump<C> {
             };
             let filled = src.try_io(Interest::READABLE, || {
                 let f = c.fill(src)?;
-                if f.drained && f.bytes > 0 {
+                if f.drained && f.bytes > 0 && !fin_queued {
                     // Report "would block" so that readiness is cleared with the bytes in
                     // hand, as tokio's own reads do after a short read.
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
-                Ok(f.bytes)
+                Ok(f)
             });
             match filled {
-                Ok(0) => self.eof = true,
+                Ok(f) if f.bytes == 0 => self.eof = true,
+                // Everything up to the FIN is in hand: this is the end of the stream,
+                // without a read to hear it say so, and the bytes go out with the FIN.
+                Ok(f) if f.drained => self.eof = true,
                 Ok(_) => {}
                 // Readiness is cleared: the next poll registers the waker (after sending
                 // what a short read brought).
@@ -415,6 +509,17 @@ impl<C: Conduit> Pump<C> {
         // Budget spent with bytes still flowing: yield, and come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// Whether `src` has received its peer's FIN (EPOLLRDHUP), and no error: what is in
+/// its receive queue is the last of the stream. Asked once readiness is known, so it
+/// answers from the readiness tokio already holds, without a syscall or a waker.
+fn fin_queued(src: &TcpStream, cx: &mut Context<'_>) -> bool {
+    let ready = std::pin::pin!(src.ready(Interest::READABLE | Interest::ERROR));
+    match ready.poll(cx) {
+        Poll::Ready(Ok(r)) => r.is_read_closed() && !r.is_error(),
+        _ => false,
     }
 }
 
