@@ -181,14 +181,13 @@ impl<M: Meter, S: Future<Output = End>, F: FnOnce()> Future for Forward<'_, M, S
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
-        let end = match this.pumps.poll(
-            cx,
-            this.client,
-            this.server,
-            this.progress,
-            this.meter,
-            this.first_closed,
-        ) {
+        let (client, server, meter) = (*this.client, *this.server, &*this.meter);
+        let both = match this.pumps {
+            #[cfg(target_os = "linux")]
+            Pumps::Auto(pumps) => both_ways(pumps, cx, client, server, this.progress, meter, this.first_closed),
+            Pumps::Copy(pumps) => both_ways(pumps, cx, client, server, this.progress, meter, this.first_closed),
+        };
+        let end = match both {
             Poll::Ready(end) => end,
             Poll::Pending => match this.stop.poll(cx) {
                 Poll::Ready(end) => end,
@@ -289,26 +288,10 @@ impl Pumps {
             Forwarding::Copy => Pumps::Copy(Pump::pair()),
         }
     }
-
-    /// Runs both directions; ready with the end once both sides are done (decided by
-    /// which closed first) or one has failed.
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        client: &TcpStream,
-        server: &TcpStream,
-        progress: &mut Progress,
-        meter: &impl Meter,
-        first_closed: &mut Option<End>,
-    ) -> Poll<End> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Pumps::Auto(pumps) => both_ways(pumps, cx, client, server, progress, meter, first_closed),
-            Pumps::Copy(pumps) => both_ways(pumps, cx, client, server, progress, meter, first_closed),
-        }
-    }
 }
 
+/// Runs both directions; ready with the end once both sides are done (decided by
+/// which closed first) or one has failed.
 fn both_ways<C: Conduit>(
     [up, down]: &mut [Pump<C>; 2],
     cx: &mut Context<'_>,
