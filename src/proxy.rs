@@ -134,14 +134,15 @@ pub struct Settings {
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<P: Send + 'static>(
     mut client: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     listener: Arc<Listener>,
     settings: Settings,
     conns: Arc<Connections>,
     place: P,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        let _place = place;
+        // Held to the end, in the task's captures (a local would be a second copy).
+        let _ = &place;
         let accepted_at = Instant::now();
         let _tracked = Tracked::new(&conns);
         let _listener_active = Held::new(&listener.counters.active);
@@ -160,37 +161,40 @@ pub fn serve<P: Send + 'static>(
         // The edge and the connect, boxed: what they need while they wait (a PROXY
         // header or a ClientHello in reading, a connect in progress) is freed before
         // forwarding, so a connection that idles for hours holds only what forwarding needs.
-        let Some(session) = Box::pin(open(&mut client, peer, &listener, accepted_at)).await else {
+        // From here on `peer` is the client a trusted PROXY header carried, if any.
+        let Some(session) = Box::pin(open(&mut client, &mut peer, &listener, accepted_at)).await else {
             return;
         };
-        // Used in place, not taken apart: a copy of each part would stay in the task.
-        let backend = session.backend;
-        let conn = &session.conn;
-        let server = &backend.servers[conn.server].server;
+        // Used in place, not taken apart or referred to by locals: each would be one
+        // more field in the task.
+        let server = &session.backend.servers[session.conn.server].server;
         server.connections.fetch_add(1, Ordering::Relaxed);
         let _server_active = Held::new(&server.active);
-        let _endpoint_active = Held::new(&conn.endpoint.active);
+        let _endpoint_active = Held::new(&session.conn.endpoint.active);
         session.traffic.active.increment(1.0);
 
         // Forward until both sides are done, or gatehouse has to cut it short.
-        let stop = Stop {
-            closing: &conns.closing,
-            endpoint: (backend.config.on_down == OnDown::Close).then_some(&*conn.endpoint),
-            woken: close_signal().notified(),
-        };
         let outcome = forward::forward(
             &client,
-            &conn.stream,
+            &session.conn.stream,
             settings.forwarding,
             settings.idle_timeout,
-            stop,
+            Stop {
+                closing: &conns.closing,
+                endpoint: (session.backend.config.on_down == OnDown::Close).then_some(&*session.conn.endpoint),
+                woken: close_signal().notified(),
+            },
             TrafficMeter {
                 traffic: session.traffic,
                 server,
             },
             // Keepalive and user timeout on the server side, once the connection lasts.
             (connect::SETTLE, || {
-                connect::settle(&conn.stream, settings.keepalive, backend.config.user_timeout)
+                connect::settle(
+                    &session.conn.stream,
+                    settings.keepalive,
+                    session.backend.config.user_timeout,
+                )
             }),
         )
         .await;
@@ -199,17 +203,7 @@ pub fn serve<P: Send + 'static>(
 
         let duration = accepted_at.elapsed();
         listener.metrics.duration.record(duration.as_secs_f64());
-        // The client is the one a trusted PROXY header carried, if any.
-        log_close(
-            &listener,
-            session.peer,
-            backend,
-            server,
-            conn,
-            session.sni.as_deref(),
-            duration,
-            &outcome,
-        );
+        log_close(&listener, peer, &session, duration, &outcome);
     }
 }
 
@@ -247,9 +241,7 @@ impl Future for Stop<'_> {
 /// A client past the edge and connected to a server: what forwarding and the close
 /// log need.
 struct Session<'a> {
-    /// The client: the one a trusted PROXY header carried, else the peer.
-    peer: SocketAddr,
-    sni: Option<String>,
+    sni: Option<Box<str>>,
     backend: &'a Backend,
     traffic: &'a TrafficMetrics,
     conn: connect::Connected,
@@ -261,13 +253,14 @@ struct Session<'a> {
 /// when the client was refused or no server could take it (counted and logged here).
 async fn open<'a>(
     client: &mut TcpStream,
-    peer: SocketAddr,
+    client_addr: &mut SocketAddr,
     listener: &'a Listener,
     accepted_at: Instant,
 ) -> Option<Session<'a>> {
     // Who the client really is (the PROXY header of a trusted balancer in front), then
     // which backend its TLS server name asks for. From here on `peer` is the client the
     // header carried: source rules and limits, logs, source-hash and PROXY sending use it.
+    let peer = *client_addr;
     let (peer, carried_dest) = match &listener.trusted {
         None => (peer, None),
         Some(trusted) => match accept_proxy(client, peer, trusted, listener).await {
@@ -310,10 +303,10 @@ async fn open<'a>(
     // Pick and connect, trying other servers after a failure.
     let key = connect::client_key(peer);
     // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
+    *client_addr = peer;
     match connect::connect_with(backend, key, None, header.as_deref()).await {
         Ok(conn) => Some(Session {
-            peer,
-            sni,
+            sni: sni.map(String::into_boxed_str),
             backend,
             traffic: &traffic_by_server[conn.server],
             conn,
@@ -332,17 +325,9 @@ async fn open<'a>(
 }
 
 /// The close line: the short tcplog line as its message, every field for the JSON log.
-#[allow(clippy::too_many_arguments)]
-fn log_close(
-    listener: &Listener,
-    peer: SocketAddr,
-    backend: &Backend,
-    server: &Server,
-    conn: &connect::Connected,
-    sni: Option<&str>,
-    duration: Duration,
-    outcome: &forward::Outcome,
-) {
+fn log_close(listener: &Listener, peer: SocketAddr, session: &Session, duration: Duration, outcome: &forward::Outcome) {
+    let (backend, conn, sni) = (session.backend, &session.conn, session.sni.as_deref());
+    let server = &backend.servers[conn.server].server;
     tracing::info!(
         target: CLOSE_LOG_TARGET,
         client = %peer,

@@ -7,13 +7,14 @@
 //!   header count: a client that trickles bytes is closed within seconds;
 //! - a generous total ([`MAX_CONNECTIONS`]) where a new connection, when it is reached,
 //!   takes the place of the one idle longest (waiting for a request head, never one
-//!   being answered): attackers with many addresses only push each other out.
+//!   being answered) of the address holding the most: attackers with many addresses
+//!   only push each other out, and a scraper's one connection is the last to go.
 //!
 //! Routes live in the parent module; this file knows nothing of them.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ async fn accept_loop(listener: TcpListener, app: Weak<dyn Control>) {
             }
         };
         drop(control);
-        let Some(slot) = slots.take() else {
+        let Some(slot) = slots.take(peer.ip()) else {
             refuse(peer, "limit", &"every admin connection is busy answering");
             continue;
         };
@@ -163,8 +164,9 @@ struct Slots {
     live: Mutex<HashMap<u64, Live>>,
 }
 
-/// Since when a connection has been idle (`None`: answering), and how to close it.
-type Live = (Option<Instant>, Arc<Notify>);
+/// Since when a connection has been idle (`None`: answering), how to close it, and
+/// its client's address.
+type Live = (Option<Instant>, Arc<Notify>, IpAddr);
 
 /// One connection's place in [`Slots`]; dropping it gives the place back.
 struct Slot {
@@ -174,23 +176,31 @@ struct Slot {
 }
 
 impl Slots {
-    /// A place for a new connection: a free one, or the one idle longest, whose
-    /// connection is told to close. `None` when every connection is answering.
-    fn take(self: &Arc<Self>) -> Option<Slot> {
+    /// A place for a new connection from `client`: a free one, or else that of the
+    /// connection idle longest among those of the address with the most idle ones,
+    /// which is told to close. `None` when every connection is answering.
+    fn take(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
         let mut live = self.live.lock().ok()?;
         if live.len() >= MAX_CONNECTIONS {
-            let oldest = live
-                .iter()
-                .filter_map(|(id, (idle, _))| idle.map(|since| (since, *id)))
-                .min()
-                .map(|(_, id)| id)?;
-            if let Some((_, evict)) = live.remove(&oldest) {
+            // Per address: idle connections, and the one idle longest.
+            let mut by_source: HashMap<IpAddr, (usize, (Instant, u64))> = HashMap::new();
+            for (id, (idle, _, source)) in live.iter() {
+                if let Some(since) = *idle {
+                    let e = by_source.entry(*source).or_insert((0, (since, *id)));
+                    e.0 += 1;
+                    e.1 = e.1.min((since, *id));
+                }
+            }
+            let (_, (_, oldest)) = by_source
+                .into_values()
+                .max_by_key(|&(count, (since, id))| (count, std::cmp::Reverse((since, id))))?;
+            if let Some((_, evict, _)) = live.remove(&oldest) {
                 evict.notify_one();
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let evict = Arc::new(Notify::new());
-        live.insert(id, (Some(Instant::now()), evict.clone()));
+        live.insert(id, (Some(Instant::now()), evict.clone(), client));
         Some(Slot {
             id,
             slots: self.clone(),
@@ -239,20 +249,24 @@ impl Drop for Busy {
 mod tests {
     use super::*;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 9, 0, last])
+    }
+
     #[tokio::test]
     async fn a_full_admin_listener_makes_room_by_closing_the_longest_idle_never_a_busy_one() {
         let slots = Arc::new(Slots::default());
-        let mut held: Vec<Slot> = (0..MAX_CONNECTIONS).map(|_| slots.take().expect("room")).collect();
+        let mut held: Vec<Slot> = (0..MAX_CONNECTIONS).map(|_| slots.take(ip(1)).expect("room")).collect();
         // The first connection is answering a request; the second has been idle longest.
         let busy = held[0].busy();
-        let newcomer = slots.take().expect("an idle connection makes room");
+        let newcomer = slots.take(ip(1)).expect("an idle connection makes room");
         let evicted = tokio::time::timeout(Duration::from_secs(1), held[1].evict.notified()).await;
         assert!(evicted.is_ok(), "the longest-idle connection is told to close");
         assert_eq!(slots.live.lock().unwrap().len(), MAX_CONNECTIONS);
         // Every connection answering: a newcomer is refused instead.
         let all_busy: Vec<Busy> = held.iter().skip(2).map(Slot::busy).chain([newcomer.busy()]).collect();
         assert!(
-            slots.take().is_none(),
+            slots.take(ip(1)).is_none(),
             "no connection that is answering is closed for a newcomer"
         );
         drop((busy, all_busy));
@@ -264,5 +278,24 @@ mod tests {
             "dropped connections give their places back"
         );
         drop(newcomer);
+    }
+
+    #[tokio::test]
+    async fn a_full_admin_listener_makes_room_at_the_expense_of_the_address_holding_the_most() {
+        let slots = Arc::new(Slots::default());
+        // A scraper's connection, idle longest of all; then a flood from two addresses,
+        // one of them holding more.
+        let scraper = slots.take(ip(1)).expect("room");
+        let held: Vec<Slot> = (1..MAX_CONNECTIONS)
+            .map(|i| slots.take(ip(if i % 3 == 0 { 2 } else { 3 })).expect("room"))
+            .collect();
+        let _newcomer = slots.take(ip(4)).expect("an idle connection makes room");
+        let evicted = tokio::time::timeout(Duration::from_secs(1), held[0].evict.notified()).await;
+        assert!(
+            evicted.is_ok(),
+            "the longest-idle connection of the address holding the most is told to close"
+        );
+        let scraper_told = tokio::time::timeout(Duration::from_millis(50), scraper.evict.notified()).await;
+        assert!(scraper_told.is_err(), "the scraper's one connection is kept");
     }
 }

@@ -9,60 +9,64 @@ use tokio::net::TcpStream;
 
 use super::{copy::Buffer, splice::Pipe, Conduit, Filled};
 
-pub struct Auto {
-    buffer: Option<Buffer>,
-    pipe: Option<Pipe>,
-    splicing: bool,
+/// What carries the current burst: 24 bytes, and nothing is held between bursts.
+pub enum Auto {
+    /// Small messages, and bulk while no pipe can be had. `bulk`: the last read filled
+    /// the buffer, so the rest of the burst goes through a pipe if one can be had.
+    Copy {
+        buffer: Buffer,
+        bulk: bool,
+    },
+    Splice(Pipe),
 }
 
 impl Conduit for Auto {
     fn take() -> io::Result<Self> {
-        Ok(Auto {
-            buffer: None,
-            pipe: None,
-            splicing: false,
+        Ok(Auto::Copy {
+            buffer: Buffer::take()?,
+            bulk: false,
         })
     }
 
     fn give(self) {
-        if let Some(b) = self.buffer {
-            b.give();
-        }
-        if let Some(p) = self.pipe {
-            p.give();
+        match self {
+            Auto::Copy { buffer, .. } => buffer.give(),
+            Auto::Splice(pipe) => pipe.give(),
         }
     }
 
     fn fill(&mut self, src: &TcpStream) -> io::Result<Filled> {
-        if self.splicing && self.pipe.is_none() {
-            // No pipe to be had (the budget is spent, or pipe2 failed): copy this burst.
-            match Pipe::take() {
-                Ok(p) => self.pipe = Some(p),
-                Err(_) => self.splicing = false,
+        if let Auto::Copy { bulk: true, .. } = self {
+            // Bulk: the rest of the burst goes through a pipe (the buffer is empty here:
+            // the pump sends all it holds before reading again). With no pipe to be had
+            // (the budget is spent, or pipe2 failed) this read is copied.
+            if let Ok(pipe) = Pipe::take() {
+                if let Auto::Copy { buffer, .. } = std::mem::replace(self, Auto::Splice(pipe)) {
+                    buffer.give();
+                }
             }
         }
-        if let (true, Some(pipe)) = (self.splicing, self.pipe.as_mut()) {
-            return pipe.fill(src);
+        match self {
+            Auto::Copy { buffer, bulk } => {
+                let filled = buffer.fill(src)?;
+                *bulk = !filled.drained && filled.bytes > 0;
+                Ok(filled)
+            }
+            Auto::Splice(pipe) => pipe.fill(src),
         }
-        let buffer = match self.buffer.as_mut() {
-            Some(b) => b,
-            None => self.buffer.insert(Buffer::take()?),
-        };
-        let filled = buffer.fill(src)?;
-        self.splicing = !filled.drained && filled.bytes > 0;
-        Ok(filled)
     }
 
     fn flush(&mut self, dst: &TcpStream, last: bool) -> io::Result<usize> {
-        // Only one of them holds bytes: the pump flushes all before it reads again.
-        match (&mut self.buffer, &mut self.pipe) {
-            (Some(b), _) if b.pending() > 0 => b.flush(dst, last),
-            (_, Some(p)) => p.flush(dst, last),
-            _ => Ok(0),
+        match self {
+            Auto::Copy { buffer, .. } => buffer.flush(dst, last),
+            Auto::Splice(pipe) => pipe.flush(dst, last),
         }
     }
 
     fn pending(&self) -> usize {
-        self.buffer.as_ref().map_or(0, |b| b.pending()) + self.pipe.as_ref().map_or(0, |p| p.pending())
+        match self {
+            Auto::Copy { buffer, .. } => buffer.pending(),
+            Auto::Splice(pipe) => pipe.pending(),
+        }
     }
 }

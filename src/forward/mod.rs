@@ -122,7 +122,8 @@ pub trait Meter {
 
 /// Forwards until both directions are closed, one side resets, the connection idles
 /// for `idle_timeout`, or `stop` completes (with the reason it gives). On the way,
-/// `settle.1` runs once the connection has lasted `settle.0`.
+/// `settle.1` runs once the connection has lasted `settle.0`, when the one timer first
+/// fires (an idle timeout shorter than that is noticed then, not before).
 pub fn forward<'a, M: Meter, S: Future<Output = End>, F: FnOnce()>(
     client: &'a TcpStream,
     server: &'a TcpStream,
@@ -132,9 +133,6 @@ pub fn forward<'a, M: Meter, S: Future<Output = End>, F: FnOnce()>(
     meter: M,
     settle: (Duration, F),
 ) -> Forward<'a, M, S, F> {
-    let now = Instant::now();
-    let idle_deadline = now + idle_timeout;
-    let settle_at = now + settle.0;
     Forward {
         client,
         server,
@@ -147,9 +145,8 @@ pub fn forward<'a, M: Meter, S: Future<Output = End>, F: FnOnce()>(
         },
         first_closed: None,
         idle_timeout_ms: idle_timeout.as_millis() as u64,
-        settle_at,
         settle: Some(settle.1),
-        timer: tokio::time::sleep_until(idle_deadline.min(settle_at)),
+        timer: tokio::time::sleep(settle.0),
         stop,
     }
 }
@@ -166,7 +163,7 @@ pin_project_lite::pin_project! {
         progress: Progress,
         first_closed: Option<End>,
         idle_timeout_ms: u64,
-        settle_at: Instant,
+        // Run when the timer first fires.
         settle: Option<F>,
         // One timer for both the idle timeout and the settling.
         #[pin]
@@ -197,7 +194,6 @@ impl<M: Meter, S: Future<Output = End>, F: FnOnce()> Future for Forward<'_, M, S
                         cx,
                         this.progress,
                         *this.idle_timeout_ms,
-                        *this.settle_at,
                         this.settle,
                     ) {
                         return Poll::Pending;
@@ -238,36 +234,30 @@ impl Progress {
     }
 }
 
-/// Whether nothing has moved either way for the idle timeout. When the timer fires
-/// early (bytes moved since it was set, or it was set for the settling), the settling
-/// runs if due and the timer is set again.
+/// Whether nothing has moved either way for the idle timeout. The timer first fires
+/// for the settling (which runs then); after that, when it fires early (bytes moved
+/// since it was set), it is set again for the rest of the timeout.
 fn idle_over(
     mut timer: Pin<&mut Sleep>,
     cx: &mut Context<'_>,
     progress: &Progress,
     timeout_ms: u64,
-    settle_at: Instant,
     settle: &mut Option<impl FnOnce()>,
 ) -> bool {
     loop {
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
+        if let Some(f) = settle.take() {
+            f();
+        }
         let idle_for = millis_since_start().saturating_sub(progress.last_activity_ms);
         if idle_for >= timeout_ms {
             return true;
         }
-        let now = Instant::now();
-        let mut wake = now + Duration::from_millis(timeout_ms - idle_for);
-        if let Some(f) = settle.take() {
-            if now >= settle_at {
-                f();
-            } else {
-                *settle = Some(f);
-                wake = wake.min(settle_at);
-            }
-        }
-        timer.as_mut().reset(wake);
+        timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_millis(timeout_ms - idle_for));
     }
 }
 

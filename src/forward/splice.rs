@@ -34,7 +34,7 @@ thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
-/// 16 bytes: two of them sit in every connection (as `Option`s), idle or not.
+/// 16 bytes: each of a connection's two pumps keeps room for one, idle or not.
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
