@@ -274,6 +274,7 @@ async fn open<'a>(
             }
         },
     };
+    *client_addr = peer;
     // Then allow/deny and per-source limits, on that client (the carried address when
     // a balancer in front sends PROXY headers).
     let admitted = match listener.admission.admit(peer.ip(), accepted_at) {
@@ -303,7 +304,6 @@ async fn open<'a>(
     // Pick and connect, trying other servers after a failure.
     let key = connect::client_key(peer);
     // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
-    *client_addr = peer;
     match connect::connect_with(backend, key, None, header.as_deref()).await {
         Ok(conn) => Some(Session {
             sni: sni.map(String::into_boxed_str),

@@ -68,21 +68,7 @@ impl super::Conduit for Buffer {
 /// follows (shutdown or close), and sends both in one segment.
 #[cfg(target_os = "linux")]
 fn send_more(dst: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket and a buffer of `bytes.len()` readable bytes.
-    let n = unsafe {
-        libc::send(
-            dst.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_MORE | libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    socket2::SockRef::from(dst).send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
 }
 
 #[cfg(not(target_os = "linux"))]
