@@ -395,7 +395,7 @@ impl Control for App {
     }
 
     fn render_metrics(&self) -> String {
-        self.metrics.render()
+        crate::metrics::render(&self.metrics)
     }
 
     fn draining(&self) -> bool {

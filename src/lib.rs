@@ -11,7 +11,8 @@
 //! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
 //! `admin`, `control`, `listener`, `cores`, `proxy`, `forward`, `health`, `resolve`, `connect`,
 //! `runtime`, `certwatch`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
-//! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse.
+//! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse, nor
+//! does [`heap`], the binary's allocator.
 
 pub mod admin;
 pub mod app;
@@ -25,6 +26,7 @@ pub mod cores;
 pub mod edge;
 pub mod forward;
 pub mod health;
+pub mod heap;
 pub mod import;
 pub mod listener;
 pub mod metrics;

@@ -7,6 +7,11 @@ use clap::Parser;
 
 mod cli;
 
+/// Small over-aligned allocations (tokio's tasks and socket registrations) from pools,
+/// the rest from glibc: see `heap`.
+#[global_allocator]
+static HEAP: gatehouse::heap::Heap = gatehouse::heap::Heap;
+
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {

@@ -34,6 +34,7 @@ pub const CONNECTIONS_MAX: &str = "gatehouse_connections_max";
 pub const CONNECTIONS_OPEN: &str = "gatehouse_connections_open";
 pub const ACCEPT_PAUSED: &str = "gatehouse_accept_paused_seconds_total";
 pub const LOCAL_ERRORS: &str = "gatehouse_local_errors_total";
+pub const HEAP_POOL_BYTES: &str = "gatehouse_heap_pool_bytes";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -125,6 +126,11 @@ fn describe() {
         "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."
     );
     describe_gauge!(
+        HEAP_POOL_BYTES,
+        Unit::Bytes,
+        "Memory mapped for the heap's pools of tasks and socket registrations; kept after a burst for the next one."
+    );
+    describe_gauge!(
         CONNECTIONS_OPEN,
         "Client connections holding a place under the ceiling now."
     );
@@ -174,6 +180,12 @@ pub fn local_error(op: usize, reason: usize) {
     if let Some(c) = handles.get(op).and_then(|r| r.get(reason)) {
         c.increment(1);
     }
+}
+
+/// The exposition text, with the gauges that are read rather than kept up to date.
+pub fn render(handle: &PrometheusHandle) -> String {
+    gauge!(HEAP_POOL_BYTES).set(crate::heap::pool_bytes_mapped() as f64);
+    handle.render()
 }
 
 /// How often histogram samples are folded into their buckets, whether or not anyone

@@ -262,7 +262,7 @@ fn metrics_carry_the_contract_names_and_labels() {
     let t = gatehouse_with_traffic();
     let body = metrics_text(t.g.admin());
     let m = parse_exposition(&body);
-    let contract: [(&str, &[&str]); 15] = [
+    let contract: [(&str, &[&str]); 16] = [
         ("gatehouse_connections_accepted_total", &["listener"]),
         ("gatehouse_connections_active", &["listener", "backend", "server"]),
         ("gatehouse_connections_rejected_total", &["listener", "reason"]),
@@ -290,6 +290,7 @@ fn metrics_carry_the_contract_names_and_labels() {
             "gatehouse_connections_closed_total",
             &["listener", "backend", "server", "reason"],
         ),
+        ("gatehouse_heap_pool_bytes", &[]),
     ];
     for (name, labels) in contract {
         let found = find(&m, name, &[]);
@@ -348,6 +349,9 @@ fn metrics_carry_the_contract_names_and_labels() {
         1.0,
         "build_info"
     );
+    // The binary's tasks and sockets come from the heap's pools (src/heap.rs).
+    let pools = sum(&m, "gatehouse_heap_pool_bytes", &[]);
+    assert!(pools >= 256.0 * 1024.0, "heap pools: {pools} bytes mapped");
     // Labels stay bounded: no client address anywhere.
     for client in &t.clients {
         assert!(
