@@ -30,6 +30,12 @@ const POOLS: usize = MAX_SLOT / GRAIN;
 /// often a pool asks the kernel.
 const CHUNK: usize = 256 * 1024;
 
+/// Untouched pages of a pool are not counted against the commit limit.
+#[cfg(target_os = "linux")]
+const NORESERVE: libc::c_int = libc::MAP_NORESERVE;
+#[cfg(not(target_os = "linux"))]
+const NORESERVE: libc::c_int = 0;
+
 /// The global allocator of the `gatehouse` binary (`#[global_allocator]` in `main.rs`).
 pub struct Heap;
 
@@ -87,7 +93,7 @@ impl Pool {
                     std::ptr::null_mut(),
                     CHUNK,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
                     -1,
                     0,
                 )
