@@ -7,11 +7,11 @@
 //! anything an idle connection later asks for. That was three heads and tails per
 //! connection, a fifth of the memory an idle one costs. Here a layout whose alignment is
 //! above 16 bytes and whose size is at most [`MAX_SLOT`] gets a slot from the pool of its
-//! size rounded up to its alignment. A pool cuts its slots one after another from an
-//! anonymous mapping, so each slot is aligned with nothing in front of it, and takes a
-//! freed slot back for the next allocation of that size. Like glibc's free lists, a pool
-//! keeps what a burst left: the slots wait for the next burst rather than go back to the
-//! kernel.
+//! size rounded up to its alignment. A pool cuts its slots one after another from
+//! anonymous mappings of 128 KiB (chunks), so each slot is aligned with nothing in front
+//! of it, and takes a freed slot back for the next allocation of that size. A chunk in
+//! which nothing is in use any more goes back to the kernel (each pool keeps one as a
+//! spare): after a burst, the memory returns as its connections close.
 //!
 //! Every other layout goes to [`System`], as if this module were not there.
 
@@ -26,9 +26,9 @@ pub const MAX_SLOT: usize = 4096;
 /// Slot sizes are multiples of this (the smallest alignment above malloc's).
 const GRAIN: usize = 2 * MALLOC_ALIGN;
 const POOLS: usize = MAX_SLOT / GRAIN;
-/// Bytes a pool maps at once. Untouched pages cost no memory, so this only bounds how
-/// often a pool asks the kernel.
-const CHUNK: usize = 256 * 1024;
+/// Bytes a pool maps at once, and gives back once none of its slots is in use. Untouched
+/// pages cost no memory.
+const CHUNK: usize = 128 * 1024;
 
 /// Untouched pages of a pool are not counted against the commit limit.
 #[cfg(target_os = "linux")]
@@ -39,22 +39,41 @@ const NORESERVE: libc::c_int = 0;
 /// The global allocator of the `gatehouse` binary (`#[global_allocator]` in `main.rs`).
 pub struct Heap;
 
-/// Bytes mapped for pools so far, for tests and diagnostics.
+/// Bytes the pools have mapped now.
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
-/// One pool: slots freed (a list threaded through the slots themselves) and the rest
-/// of the current mapping, not yet cut. Addresses, not pointers, so that it is `Send`.
-struct Pool {
+/// The head of a chunk, in its first slot (32 bytes: the smallest slot). Addresses, not
+/// pointers, so that pools are `Send`.
+#[repr(C)]
+struct Chunk {
+    /// Freed slots of this chunk: a list threaded through their first words.
     free: usize,
+    /// Offset of the first slot never handed out.
+    bump: u32,
+    /// Slots handed out and not freed.
+    used: u32,
+    /// Neighbours in the pool's list of chunks with room.
+    prev: usize,
     next: usize,
-    end: usize,
+}
+
+/// One pool: its chunks, each [`CHUNK`] bytes aligned to its size, so that a slot's
+/// chunk is its address rounded down.
+struct Pool {
+    /// Chunks with a slot to give, the one that last got room first.
+    room: usize,
+    /// One chunk with nothing in use, kept so that a pool at the edge of a chunk does
+    /// not map and unmap in turn; another chunk that empties goes back to the kernel.
+    spare: usize,
+    /// Chunks mapped (the spare included).
+    chunks: usize,
 }
 
 static POOL: [Mutex<Pool>; POOLS] = [const {
     Mutex::new(Pool {
-        free: 0,
-        next: 0,
-        end: 0,
+        room: 0,
+        spare: 0,
+        chunks: 0,
     })
 }; POOLS];
 
@@ -74,53 +93,161 @@ fn pool(slot: usize) -> MutexGuard<'static, Pool> {
     POOL[slot / GRAIN - 1].lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn head(chunk: usize) -> *mut Chunk {
+    chunk as *mut Chunk
+}
+
+/// A fresh chunk aligned to its size (twice the size mapped, the overhang unmapped), or
+/// `None` when the kernel has no memory to give.
+fn map_chunk() -> Option<usize> {
+    // SAFETY: an anonymous private mapping; no memory is aliased.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * CHUNK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return None;
+    }
+    let start = map as usize;
+    let chunk = start.next_multiple_of(CHUNK);
+    // SAFETY: both ranges are the overhang of the mapping just made, page-aligned.
+    unsafe {
+        if chunk > start {
+            libc::munmap(map, chunk - start);
+        }
+        let end = start + 2 * CHUNK;
+        if end > chunk + CHUNK {
+            libc::munmap((chunk + CHUNK) as *mut libc::c_void, end - chunk - CHUNK);
+        }
+    }
+    MAPPED.fetch_add(CHUNK, Ordering::Relaxed);
+    Some(chunk)
+}
+
 impl Pool {
-    /// A slot of `slot` bytes. Slots are cut at multiples of `slot` from page-aligned
-    /// mappings, so each is aligned to the largest power of two dividing `slot`, which
-    /// is at least the alignment of every layout that rounds up to it.
+    /// A slot of `slot` bytes, or null when no memory can be had. Slots sit at multiples
+    /// of `slot` in chunks aligned to their size (the first one holds the chunk's head),
+    /// so each is aligned to the largest power of two dividing `slot`, which is at least
+    /// the alignment of every layout that rounds up to it.
     fn take(&mut self, slot: usize) -> *mut u8 {
-        if self.free != 0 {
-            let p = self.free as *mut usize;
-            // SAFETY: `free` heads a list of slots of this pool, each holding the
-            // address of the next in its first word (written by `give`).
-            self.free = unsafe { p.read() };
-            return p.cast();
-        }
-        if self.end - self.next < slot {
-            // SAFETY: an anonymous private mapping; no memory is aliased.
-            let map = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    CHUNK,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if map == libc::MAP_FAILED {
-                return std::ptr::null_mut();
+        // SAFETY: every chunk address below is a mapped chunk of this pool, whose head
+        // this pool alone reads and writes, under its lock.
+        unsafe {
+            if self.room == 0 {
+                let chunk = match std::mem::take(&mut self.spare) {
+                    0 => match map_chunk() {
+                        Some(c) => {
+                            self.chunks += 1;
+                            c
+                        }
+                        None => return std::ptr::null_mut(),
+                    },
+                    spare => spare,
+                };
+                head(chunk).write(Chunk {
+                    free: 0,
+                    bump: slot as u32,
+                    used: 0,
+                    prev: 0,
+                    next: 0,
+                });
+                self.link(chunk);
             }
-            MAPPED.fetch_add(CHUNK, Ordering::Relaxed);
-            // The rest of the previous mapping (less than one slot) stays unused.
-            self.next = map as usize;
-            self.end = self.next + CHUNK;
+            let chunk = self.room;
+            let h = head(chunk);
+            let p = if (*h).free != 0 {
+                let p = (*h).free;
+                (*h).free = (p as *const usize).read();
+                p
+            } else {
+                let p = chunk + (*h).bump as usize;
+                (*h).bump += slot as u32;
+                p
+            };
+            (*h).used += 1;
+            if Self::full(h, slot) {
+                self.unlink(chunk);
+            }
+            p as *mut u8
         }
-        let p = self.next;
-        self.next += slot;
-        p as *mut u8
     }
 
-    /// Takes back a slot of this pool.
-    fn give(&mut self, p: *mut u8) {
-        // SAFETY: `p` is a slot of this pool that its owner gave up; slots are at least
-        // 32 bytes and aligned, so its first word is ours to write.
-        unsafe { p.cast::<usize>().write(self.free) };
-        self.free = p as usize;
+    /// Takes back a slot of this pool; its chunk goes back to the kernel once nothing in
+    /// it is in use, unless it is kept as the spare.
+    fn give(&mut self, p: *mut u8, slot: usize) {
+        let chunk = p as usize & !(CHUNK - 1);
+        // SAFETY: `p` is a slot of this pool that its owner gave up (slots are at least
+        // 32 bytes and aligned: its first word is ours to write), in a mapped chunk of
+        // this pool, whose head this pool alone reads and writes, under its lock.
+        unsafe {
+            let h = head(chunk);
+            let was_full = Self::full(h, slot);
+            p.cast::<usize>().write((*h).free);
+            (*h).free = p as usize;
+            (*h).used -= 1;
+            if was_full {
+                self.link(chunk);
+            }
+            if (*h).used == 0 {
+                self.unlink(chunk);
+                if self.spare == 0 {
+                    self.spare = chunk;
+                } else {
+                    libc::munmap(chunk as *mut libc::c_void, CHUNK);
+                    MAPPED.fetch_sub(CHUNK, Ordering::Relaxed);
+                    self.chunks -= 1;
+                }
+            }
+        }
+    }
+
+    /// No freed slot and no room left to cut one.
+    unsafe fn full(h: *const Chunk, slot: usize) -> bool {
+        // SAFETY: the caller's: `h` is a live chunk head.
+        unsafe { (*h).free == 0 && (*h).bump as usize + slot > CHUNK }
+    }
+
+    /// Puts a chunk that is in no list at the front of the list of chunks with room.
+    unsafe fn link(&mut self, chunk: usize) {
+        // SAFETY: the caller's: `chunk` and the list's chunks are live chunks of this pool.
+        unsafe {
+            let h = head(chunk);
+            (*h).prev = 0;
+            (*h).next = self.room;
+            if self.room != 0 {
+                (*head(self.room)).prev = chunk;
+            }
+            self.room = chunk;
+        }
+    }
+
+    /// Takes a chunk that is in the list of chunks with room out of it.
+    unsafe fn unlink(&mut self, chunk: usize) {
+        // SAFETY: the caller's: `chunk` is in the list, of live chunks of this pool.
+        unsafe {
+            let h = head(chunk);
+            let (prev, next) = ((*h).prev, (*h).next);
+            if prev == 0 {
+                self.room = next;
+            } else {
+                (*head(prev)).next = next;
+            }
+            if next != 0 {
+                (*head(next)).prev = prev;
+            }
+            (*h).prev = 0;
+            (*h).next = 0;
+        }
     }
 }
 
-/// Bytes mapped for the pools of over-aligned slots since the start.
+/// Bytes the pools of over-aligned slots have mapped now.
 pub fn pool_bytes_mapped() -> usize {
     MAPPED.load(Ordering::Relaxed)
 }
@@ -155,7 +282,7 @@ unsafe impl GlobalAlloc for Heap {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         match slot_size(layout) {
-            Some(slot) => pool(slot).give(p),
+            Some(slot) => pool(slot).give(p, slot),
             // SAFETY: `p` came from `System` with this layout (see `alloc`).
             None => unsafe { System.dealloc(p, layout) },
         }
@@ -270,15 +397,48 @@ mod tests {
 
     #[test]
     fn a_freed_slot_is_the_next_one_given() {
-        let l = Layout::from_size_align(736, 128).unwrap(); // a size no other test uses
-                                                            // SAFETY: a non-zero layout; freed with it.
+        // A slot no other test uses.
+        let l = Layout::from_size_align(704, 64).unwrap();
+        // SAFETY: a non-zero layout; each block freed with it.
         unsafe {
             let a = Heap.alloc(l);
-            Heap.dealloc(a, l);
             let b = Heap.alloc(l);
-            assert_eq!(a, b);
+            Heap.dealloc(a, l);
+            assert_eq!(Heap.alloc(l), a, "the freed slot, not a new one");
+            Heap.dealloc(a, l);
             Heap.dealloc(b, l);
         }
+    }
+
+    #[test]
+    fn chunks_go_back_to_the_kernel_once_empty_but_one() {
+        // A slot no other test uses.
+        let l = Layout::from_size_align(2976, 32).unwrap();
+        let slot = slot_size(l).unwrap();
+        let per_chunk = CHUNK / slot - 1;
+        // SAFETY: a non-zero layout; each block freed with it.
+        let blocks: Vec<*mut u8> = (0..per_chunk * 3 + 1).map(|_| unsafe { Heap.alloc(l) }).collect();
+        assert_eq!(pool(slot).chunks, 4, "{per_chunk} slots a chunk");
+        let mut chunks: Vec<usize> = blocks.iter().map(|&p| p as usize & !(CHUNK - 1)).collect();
+        chunks.dedup();
+        assert_eq!(chunks.len(), 4, "slots are cut in order, chunk by chunk");
+        // Free all but one slot of the first chunk, out of order: three chunks empty.
+        let (keep, rest) = blocks.split_first().unwrap();
+        for &p in rest.iter().rev() {
+            unsafe { Heap.dealloc(p, l) };
+        }
+        assert_eq!(pool(slot).chunks, 2, "the first chunk, still in use, and one spare");
+        // The kept chunk has room again: the next slots come from it, then the spare.
+        let again: Vec<*mut u8> = (0..per_chunk).map(|_| unsafe { Heap.alloc(l) }).collect();
+        assert!(again
+            .iter()
+            .take(per_chunk - 1)
+            .all(|&p| p as usize & !(CHUNK - 1) == chunks[0]));
+        assert_eq!(pool(slot).chunks, 2);
+        for p in again.into_iter().chain([*keep]) {
+            unsafe { Heap.dealloc(p, l) };
+        }
+        assert_eq!(pool(slot).chunks, 1, "only the spare is left");
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn describe() {
     describe_gauge!(
         HEAP_POOL_BYTES,
         Unit::Bytes,
-        "Memory mapped for the heap's pools of tasks and socket registrations; kept after a burst for the next one."
+        "Memory mapped for the heap's pools of tasks and socket registrations; it follows the connections open, a chunk at a time."
     );
     describe_gauge!(
         CONNECTIONS_OPEN,
