@@ -3,7 +3,7 @@
 //!
 //! tokio aligns each task and each socket registration to 128 bytes, and glibc's
 //! `memalign` pays for an alignment above its own 16 bytes with a head of up to 128
-//! bytes in front of the allocation and a tail behind it, free chunks too small for
+//! bytes in front of the allocation and a tail behind it, free pieces too small for
 //! anything an idle connection later asks for. That was three heads and tails per
 //! connection, a fifth of the memory an idle one costs. Here a layout whose alignment is
 //! above 16 bytes and whose size is at most [`MAX_SLOT`] gets a slot from the pool of its
