@@ -5,6 +5,10 @@
 //! namespaces (`ip netns`). Every wait here has a deadline.
 #![allow(dead_code, unused_macros)]
 
+pub mod checks;
+pub mod exposition;
+pub mod pool;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
