@@ -189,22 +189,6 @@ struct DropNamespace {
     addr: Ipv4Addr,
 }
 
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 impl DropNamespace {
     fn create() -> Result<DropNamespace, String> {
         let id = std::process::id() % 10000;
@@ -219,18 +203,15 @@ impl DropNamespace {
         let local = Ipv4Addr::new(198, 18, 200, 4 * n + 1);
         let (local_cidr, addr_cidr) = (format!("{local}/30"), format!("{}/30", ns.addr));
         let addr = ns.addr.to_string();
-        run(&["ip", "netns", "add", &ns.name])?;
-        run(&["ip", "link", "add", &ns.veth, "type", "veth", "peer", "name", &peer])?;
-        run(&["ip", "link", "set", &peer, "netns", &ns.name])?;
-        run(&[
-            "ip", "netns", "exec", &ns.name, "ip", "addr", "add", &addr_cidr, "dev", &peer,
-        ])?;
-        run(&["ip", "netns", "exec", &ns.name, "ip", "link", "set", &peer, "up"])?;
-        run(&["ip", "addr", "add", &local_cidr, "dev", &ns.veth])?;
-        run(&["ip", "link", "set", &ns.veth, "up"])?;
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &peer, "netns", &ns.name])?;
+        ip(&["netns", "exec", &ns.name, "ip", "addr", "add", &addr_cidr, "dev", &peer])?;
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", &peer, "up"])?;
+        ip(&["addr", "add", &local_cidr, "dev", &ns.veth])?;
+        ip(&["link", "set", &ns.veth, "up"])?;
         // Frames for the namespace's address go to a MAC it does not have: dropped there.
-        run(&[
-            "ip",
+        ip(&[
             "neigh",
             "replace",
             &addr,
@@ -247,8 +228,8 @@ impl DropNamespace {
 
 impl Drop for DropNamespace {
     fn drop(&mut self) {
-        let _ = run(&["ip", "link", "del", &self.veth]);
-        let _ = run(&["ip", "netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.veth]);
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }
 

@@ -41,14 +41,7 @@ pub fn echo_once(addr: SocketAddr, tag: u64) -> Result<(), String> {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     s.set_write_timeout(Some(Duration::from_secs(10))).ok();
-    let msg = format!("hello {tag:016x}\n");
-    s.write_all(msg.as_bytes()).map_err(|e| format!("write: {e}"))?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).map_err(|e| format!("read echo: {e}"))?;
-    if got != msg.as_bytes() {
-        return Err(format!("echo {:?} != {msg:?}", String::from_utf8_lossy(&got)));
-    }
-    Ok(())
+    round_trip(&mut s, &format!("hello {tag:016x}\n"))
 }
 
 /// Writes `text` and reads it back on an established connection.
