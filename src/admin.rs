@@ -155,6 +155,17 @@ async fn route(app: &Arc<dyn Control>, req: &Request, peer: SocketAddr) -> Respo
                 Err(e) => Response::json(422, &json!({ "result": "failure", "error": e })),
             }
         }
+        // The fault hook of test builds: the named event loop blocks its thread for good.
+        #[cfg(debug_assertions)]
+        ("POST", ["debug", "hang-loop", index]) => {
+            if let Err(r) = authorize(app.as_ref(), req, peer) {
+                return r;
+            }
+            match index.parse::<usize>() {
+                Ok(i) if crate::cores::hang(i) => Response::json(202, &json!({ "hung": i })),
+                _ => Response::error(404, format!("no event loop {index:?}")),
+            }
+        }
         // 405 only where another method would be served; an unknown API path is a 404.
         (_, ["api", "v1", "status" | "reload"])
         | (_, ["api", "v1", "servers", _, _, _])
@@ -302,6 +313,12 @@ pub fn status(app: &dyn Control) -> Value {
             "open": process.connections_open,
             "accept_paused_seconds": process.accept_paused_seconds,
         },
+        "event_loops": crate::cores::liveness().iter().map(|l| json!({
+            "name": l.name,
+            "lag_seconds": l.lag.as_secs_f64(),
+            "accepted": l.accepted,
+        })).collect::<Vec<_>>(),
+        "log_lines_dropped": crate::log_queue::dropped(),
         "listeners": snapshot.listeners.iter().map(|l| json!({
             "name": &*l.name,
             "binds": local.iter().filter(|(n, _)| **n == *l.name).map(|(_, a)| a.to_string()).collect::<Vec<_>>(),

@@ -240,6 +240,7 @@ impl App {
                     "configuration reloaded from {}",
                     self.config_path.display()
                 );
+                logs_written().await;
                 systemd::notify(&format!(
                     "READY=1\nSTATUS=serving; configuration generation {} loaded",
                     s.generation
@@ -248,6 +249,7 @@ impl App {
             Err(e) => {
                 tracing::error!("reload failed, the running configuration stays: {e}");
                 let first_line = e.to_string().lines().next().unwrap_or_default().to_string();
+                logs_written().await;
                 systemd::notify(&format!(
                     "READY=1\nSTATUS=serving the previous configuration; reload failed: {first_line}"
                 ));
@@ -395,7 +397,8 @@ impl Control for App {
     }
 
     fn render_metrics(&self) -> String {
-        crate::metrics::render(&self.metrics)
+        crate::cores::publish_metrics();
+        self.metrics.render()
     }
 
     fn draining(&self) -> bool {
@@ -520,4 +523,11 @@ async fn join_all<F: std::future::Future<Output = ()>>(futures: impl IntoIterato
         }
     })
     .await;
+}
+
+/// Waits until the log writer has written what was logged so far, at most 100 ms (on a
+/// blocking thread: a stalled log sink delays the caller by that, never the runtime).
+/// Before READY=1, so that whoever waits for READY finds the lines that came before it.
+pub async fn logs_written() {
+    let _ = tokio::task::spawn_blocking(|| crate::log_queue::flush(std::time::Duration::from_millis(100))).await;
 }

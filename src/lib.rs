@@ -12,7 +12,7 @@
 //! `admin`, `control`, `listener`, `cores`, `proxy`, `forward`, `health`, `resolve`, `connect`,
 //! `runtime`, `certwatch`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
 //! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse, nor
-//! does [`heap`], the binary's allocator.
+//! does [`log_queue`], where log lines wait for the writer thread.
 
 pub mod admin;
 pub mod app;
@@ -26,9 +26,9 @@ pub mod cores;
 pub mod edge;
 pub mod forward;
 pub mod health;
-pub mod heap;
 pub mod import;
 pub mod listener;
+pub mod log_queue;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

@@ -251,7 +251,7 @@ impl Listeners {
                     continue;
                 }
                 let sockets = match self.inherited.remove(addr) {
-                    Some(s) => Ok(vec![s]),
+                    Some(s) => share(s, accept_sockets()),
                     None => bind(*addr, accept_sockets(), l.config.freebind),
                 };
                 match sockets {
@@ -317,7 +317,7 @@ impl Listeners {
                     // SAFETY: the std listener owns its descriptor, and the AsyncFd owns
                     // the listener: it stays open and the same until the AsyncFd drops.
                     match unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) } {
-                        Ok(tl) => accept_loop(tl, listener, settings, conns, ceiling).await,
+                        Ok(tl) => accept_loop(tl, i, listener, settings, conns, ceiling).await,
                         Err(e) => tracing::error!(%addr, "cannot register socket: {}", io::Error::from(e)),
                     }
                 }));
@@ -364,6 +364,21 @@ impl Listeners {
 /// How many sockets share each address (SO_REUSEPORT), spreading accepts over cores.
 pub fn accept_sockets() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
+}
+
+/// A socket passed by systemd, for `count` event loops: one descriptor each, all on the
+/// same listening socket, so that every loop accepts from its queue. Siblings bound
+/// with `SO_REUSEPORT` would need systemd's own uid (the kernel keeps a reuse-port group
+/// to one user, and systemd binds as root while gatehouse runs as its own user), so the
+/// loops share the one queue instead: each waits on it in its own epoll, and whichever
+/// wakes first takes the client (the others find nothing and wait again).
+fn share(socket: std::net::TcpListener, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut all = Vec::with_capacity(count);
+    for _ in 1..count {
+        all.push(socket.try_clone()?);
+    }
+    all.insert(0, socket);
+    Ok(all)
 }
 
 /// Binds `count` sockets to `addr`; with a port of 0, all share the first one's port.
@@ -449,6 +464,7 @@ fn accept_nonblocking(socket: &std::net::TcpListener) -> io::Result<(std::net::T
 /// stays in the backlog, and an idle socket holds no place another could use.
 async fn accept_loop(
     socket: AsyncFd<std::net::TcpListener>,
+    event_loop: usize,
     listener: Arc<ArcSwap<Listener>>,
     settings: Arc<ArcSwap<Settings>>,
     conns: Arc<Connections>,
@@ -471,6 +487,7 @@ async fn accept_loop(
         drop(ready);
         match accepted {
             Ok((stream, peer)) => {
+                crate::cores::note_accepted(event_loop);
                 let l = listener.load_full();
                 let s = **settings.load();
                 let conns = conns.clone();

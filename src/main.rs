@@ -7,10 +7,31 @@ use clap::Parser;
 
 mod cli;
 
-/// Small over-aligned allocations (tokio's tasks and socket registrations) from pools,
-/// the rest from glibc: see `heap`.
+/// jemalloc: an idle connection's task and socket registrations (blocks aligned to 128
+/// bytes) take their size class and no padding, and memory freed after a burst goes back
+/// to the kernel (see [`MALLOC_CONF`]). benches/README.md has the figures against glibc,
+/// mimalloc and the pools gatehouse had before.
 #[global_allocator]
-static HEAP: gatehouse::heap::Heap = gatehouse::heap::Heap;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts (before `main`):
+/// - `background_thread`: a thread of jemalloc's own returns freed pages to the
+///   kernel, so no event loop pays for it and an idle process still shrinks;
+/// - `dirty_decay_ms:500`, `muzzy_decay_ms:0`: freed pages go back half a second later;
+/// - `narenas:2`: a gateway process needs no arena per CPU (each holds memory of its own).
+///
+/// The symbol is `_rjem_malloc_conf`, jemalloc's `malloc_conf` under the crate's prefix;
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it, for measuring.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0,narenas:2".as_ptr());
+
+/// A C string pointer that jemalloc reads once; it points at a literal.
+#[repr(transparent)]
+pub struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to an immutable 'static literal.
+unsafe impl Sync for MallocConf {}
 
 use cli::{Cli, Command};
 

@@ -34,7 +34,9 @@ pub const CONNECTIONS_MAX: &str = "gatehouse_connections_max";
 pub const CONNECTIONS_OPEN: &str = "gatehouse_connections_open";
 pub const ACCEPT_PAUSED: &str = "gatehouse_accept_paused_seconds_total";
 pub const LOCAL_ERRORS: &str = "gatehouse_local_errors_total";
-pub const HEAP_POOL_BYTES: &str = "gatehouse_heap_pool_bytes";
+pub const LOG_LINES_DROPPED: &str = "gatehouse_log_lines_dropped_total";
+pub const EVENT_LOOP_LAG: &str = "gatehouse_event_loop_lag_seconds";
+pub const EVENT_LOOP_ACCEPTED: &str = "gatehouse_event_loop_accepted_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -62,6 +64,7 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            crate::log_queue::count_drops_in(counter!(LOG_LINES_DROPPED));
             handle
         })
         .clone()
@@ -125,10 +128,18 @@ fn describe() {
         CONNECTIONS_MAX,
         "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."
     );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log output (journald, stdout) did not keep up; forwarding never waits for it."
+    );
     describe_gauge!(
-        HEAP_POOL_BYTES,
-        Unit::Bytes,
-        "Memory mapped for the heap's pools of tasks and socket registrations; it follows the connections open, a chunk at a time."
+        EVENT_LOOP_LAG,
+        Unit::Seconds,
+        "How far behind an event loop's heartbeat is (data-path loops by number, and main); the watchdog stops when one falls too far behind."
+    );
+    describe_counter!(
+        EVENT_LOOP_ACCEPTED,
+        "Client connections accepted on each data-path event loop."
     );
     describe_gauge!(
         CONNECTIONS_OPEN,
@@ -180,12 +191,6 @@ pub fn local_error(op: usize, reason: usize) {
     if let Some(c) = handles.get(op).and_then(|r| r.get(reason)) {
         c.increment(1);
     }
-}
-
-/// The exposition text, with the gauges that are read rather than kept up to date.
-pub fn render(handle: &PrometheusHandle) -> String {
-    gauge!(HEAP_POOL_BYTES).set(crate::heap::pool_bytes_mapped() as f64);
-    handle.render()
 }
 
 /// How often histogram samples are folded into their buckets, whether or not anyone

@@ -43,26 +43,61 @@ pub fn reloading(status: &str) {
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={status}"));
 }
 
-/// Pings the watchdog at half its timeout, if systemd asked for one.
-pub fn spawn_watchdog() {
-    let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()) else {
-        return;
-    };
+/// The watchdog's timeout, if systemd asked this process for pings.
+fn watchdog_timeout() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok()?;
     if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|v| v.parse::<u32>().ok()) {
         if pid != std::process::id() {
-            return;
+            return None;
         }
     }
-    let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
-    // The pings come from the runtime itself: a wedged runtime stops them, and
-    // systemd restarts the service.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+    Some(Duration::from_micros(usec))
+}
+
+/// How often the event loops' heartbeats should fire: often enough for the watchdog's
+/// timeout (an eighth of it), and no more than twice a second without one.
+pub fn heartbeat() -> Duration {
+    let most = Duration::from_millis(500);
+    watchdog_timeout().map_or(most, |t| (t / 8).min(most))
+}
+
+/// Pings the watchdog, if systemd asked for one, from a thread of its own, while
+/// `stalled(within)` names no event loop (none of whose heartbeats is `within` behind): a hung loop (or main runtime) stops the
+/// pings, and systemd aborts and restarts the service.
+pub fn spawn_watchdog(stalled: fn(Duration) -> Vec<String>) {
+    let Some(timeout) = watchdog_timeout() else {
+        return;
+    };
+    // A quarter of the timeout each: a hung loop ends in a restart within 1.5 timeouts,
+    // and a loop only briefly busy (a quarter of the timeout is seconds) never does.
+    let every = timeout / 4;
+    let within = timeout / 4;
+    let watch = move || {
+        let mut was_stalled = false;
         loop {
-            tick.tick().await;
-            notify("WATCHDOG=1");
+            std::thread::sleep(every);
+            let loops = stalled(within);
+            if loops.is_empty() {
+                notify("WATCHDOG=1");
+                if was_stalled {
+                    tracing::warn!("every event loop runs again: watchdog pings resumed");
+                }
+            } else if !was_stalled {
+                tracing::error!(
+                    "event loop {} behind by {within:?} or more: watchdog pings stopped; \
+                     systemd restarts gatehouse {timeout:?} after the last one",
+                    loops.join(", ")
+                );
+            }
+            was_stalled = !loops.is_empty();
         }
-    });
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("gatehouse-watchdog".into())
+        .spawn(watch)
+    {
+        tracing::error!("cannot start the watchdog thread: {e}; systemd will restart gatehouse");
+    }
 }
 
 /// Sockets passed by systemd socket activation, if any were passed to this process.

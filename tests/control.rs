@@ -503,3 +503,46 @@ fn socket_activation_serves_connections_queued_before_ready() {
     echo_once(addr, 1).expect("a connection after ready");
     assert_eq!(a.accepted(), 4, "connections that reached the server");
 }
+
+#[test]
+fn a_socket_passed_by_systemd_is_accepted_on_every_event_loop() {
+    if !Path::new("/bin/sh").exists() {
+        skip!("socket activation test needs /bin/sh to set LISTEN_PID");
+    }
+    let a = Backend::echo(any_port());
+    let listener = TcpListener::bind((fresh_ip(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = start_socket_activated(
+        &cfg(&[("front", addr)], &[server("a", a.addr)], Some(""), NO_CHECKS),
+        &listener,
+    );
+    drop(listener);
+    let admin = g.admin();
+    let loops = status(admin)["event_loops"].as_array().map_or(0, Vec::len) - 1;
+    let workers: Vec<_> = (0..8u64)
+        .map(|w| std::thread::spawn(move || (0..50).filter(|i| echo_once(addr, w * 100 + i).is_ok()).count()))
+        .collect();
+    let served: usize = workers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(served, 400);
+    let counts: Vec<f64> = (0..loops)
+        .map(|i| {
+            metric(
+                admin,
+                "gatehouse_event_loop_accepted_total",
+                &[("loop", &i.to_string())],
+            )
+        })
+        .collect();
+    record_figure(
+        "control",
+        &format!("socket activation: accepted per event loop {counts:?} of 400"),
+    );
+    assert_eq!(counts.iter().sum::<f64>(), 400.0, "{counts:?}");
+    if loops < 2 {
+        skip!("this machine has one core: one event loop, no spread to check");
+    }
+    assert!(
+        counts.iter().all(|&c| c > 0.0),
+        "a loop accepted none of the passed socket's clients: {counts:?}"
+    );
+}

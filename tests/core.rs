@@ -357,6 +357,8 @@ fn retries_past_a_refusing_server_without_client_errors() {
         &[("server", "dead"), ("reason", "refused")],
     );
     assert!(refused > 0.0, "connect errors to the refusing server: {refused}");
+    // Close lines go out with the log writer's next round (100 ms at most).
+    g.wait_log("(after 1 failed connect)", Duration::from_secs(5));
     let log = g.log();
     let logged = log.lines().filter(|l| l.contains("failed: connection refused")).count();
     // Failed connects are logged at warn, at most once a second (with a count of the rest),

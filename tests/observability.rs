@@ -182,7 +182,7 @@ fn metrics_carry_the_contract_names_and_labels() {
     let t = gatehouse_with_traffic();
     let body = metrics_text(t.g.admin());
     let m = parse_exposition(&body);
-    let contract: [(&str, &[&str]); 16] = [
+    let contract: [(&str, &[&str]); 18] = [
         ("gatehouse_connections_accepted_total", &["listener"]),
         ("gatehouse_connections_active", &["listener", "backend", "server"]),
         ("gatehouse_connections_rejected_total", &["listener", "reason"]),
@@ -210,7 +210,9 @@ fn metrics_carry_the_contract_names_and_labels() {
             "gatehouse_connections_closed_total",
             &["listener", "backend", "server", "reason"],
         ),
-        ("gatehouse_heap_pool_bytes", &[]),
+        ("gatehouse_log_lines_dropped_total", &[]),
+        ("gatehouse_event_loop_lag_seconds", &["loop"]),
+        ("gatehouse_event_loop_accepted_total", &["loop"]),
     ];
     for (name, labels) in contract {
         let found = find(&m, name, &[]);
@@ -269,9 +271,18 @@ fn metrics_carry_the_contract_names_and_labels() {
         1.0,
         "build_info"
     );
-    // The binary's tasks and sockets come from the heap's pools (src/heap.rs).
-    let pools = sum(&m, "gatehouse_heap_pool_bytes", &[]);
-    assert!(pools >= 256.0 * 1024.0, "heap pools: {pools} bytes mapped");
+    // Every connection was accepted on one of the event loops, and nothing was dropped
+    // from a log that keeps up.
+    assert_eq!(
+        sum(&m, "gatehouse_event_loop_accepted_total", &[]),
+        sum(&m, "gatehouse_connections_accepted_total", &[]),
+        "accepted over the event loops, and over the listeners"
+    );
+    assert!(
+        !find(&m, "gatehouse_event_loop_lag_seconds", &[("loop", "main")]).is_empty(),
+        "the main runtime's lag:\n{body}"
+    );
+    assert_eq!(sum(&m, "gatehouse_log_lines_dropped_total", &[]), 0.0);
     // Labels stay bounded: no client address anywhere.
     for client in &t.clients {
         assert!(

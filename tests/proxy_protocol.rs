@@ -380,7 +380,9 @@ fn bad_headers_are_closed_with_their_reason_while_other_clients_are_served() {
         metric(admin, REJECTED, &[("listener", "front"), ("reason", "proxy_timeout")]) == 1.0
     }));
     assert!(
-        g.log().contains("proxy_header_missing") || g.log().contains("proxy_untrusted"),
+        wait_until(Duration::from_secs(5), || {
+            g.log().contains("proxy_header_missing") || g.log().contains("proxy_untrusted")
+        }),
         "refusals are logged (rate-limited):\n{}",
         g.log()
     );

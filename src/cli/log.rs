@@ -1,17 +1,24 @@
-//! Logging for `gatehouse run`: the filter (flag, RUST_LOG, `[log] level`) and the two
-//! formats. JSON carries every field of every event; text is for people, so a
-//! connection's close line is its tcplog-like message alone, its fields being JSON's.
+//! Logging for `gatehouse run`: the filter (flag, RUST_LOG, `[log] level`), the sink and
+//! the formats. Every line goes through `log_queue`, so no thread ever waits for the
+//! sink. Under journald (see `journal.rs`) events are native journal entries; elsewhere
+//! they are lines on stdout, in one of two formats. JSON carries every field of every
+//! event; text is for people, so a connection's close line is its tcplog-like message
+//! alone, its fields being JSON's.
 
 use std::fmt;
+use std::io;
 
 use gatehouse::config::{Config, LogFormat};
+use gatehouse::log_queue::{self, Output};
 use gatehouse::proxy::CLOSE_LOG_TARGET;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::{Cli, Format};
 
@@ -33,9 +40,19 @@ pub fn init(cli: &Cli) {
         Some(Format::Text) => LogFormat::Text,
         None => from_file.and_then(|l| l.format).unwrap_or_default(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(super::log_buffer::Stdout);
+    let journal = super::journal::socket();
+    let to_journal = journal.is_some();
+    if let Err(e) = log_queue::start(journal.map_or(Output::Stdout, Output::Journal)) {
+        eprintln!("gatehouse: cannot start the log writer thread ({e}); log lines will be dropped");
+    }
+    if to_journal {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(super::journal::Journal)
+            .init();
+        return;
+    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Queue);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         // ANSI colours only on a terminal.
@@ -45,6 +62,40 @@ pub fn init(cli: &Cli) {
                 full: format::Format::default().with_target(false),
             })
             .init(),
+    }
+}
+
+/// The writer the stdout formats are given: each formatted line goes to `log_queue`.
+struct Queue;
+
+/// One event's line; close lines wait for the writer's next round, others wake it.
+struct Line {
+    urgent: bool,
+}
+
+impl<'a> MakeWriter<'a> for Queue {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line { urgent: true }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        Line {
+            urgent: meta.target() != CLOSE_LOG_TARGET,
+        }
+    }
+}
+
+impl io::Write for Line {
+    /// The formatter hands over a whole line in one call.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        log_queue::push(line, self.urgent);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -12,8 +12,8 @@ use gatehouse::config::{Config, DEFAULT_PATH};
 pub mod check;
 pub mod ctl;
 pub mod import;
+pub mod journal;
 pub mod log;
-pub mod log_buffer;
 pub mod reload;
 pub mod run;
 

@@ -12,15 +12,11 @@ pub fn run(cli: &Cli) -> ExitCode {
     super::log::init(cli);
     let inherited = systemd::inherited_sockets();
     // One event loop per accept socket of an address: one per core.
-    if let Err(e) = gatehouse::cores::start(gatehouse::listener::accept_sockets(), super::log_buffer::flush_thread) {
+    if let Err(e) = gatehouse::cores::start(gatehouse::listener::accept_sockets(), systemd::heartbeat()) {
         eprintln!("gatehouse: cannot start the data path threads: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(super::log_buffer::flush_thread)
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehouse: cannot start the runtime: {e}");
@@ -31,6 +27,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         // Before READY=1: a SIGTERM or SIGHUP sent right after it must find its handler,
         // not the default action, which ends the process.
         let signals = install_signals();
+        gatehouse::cores::watch_main();
         let app = match App::start(&cli.config, inherited, gatehouse::admin::start).await {
             Ok(app) => app,
             Err(e) => {
@@ -45,17 +42,20 @@ pub fn run(cli: &Cli) -> ExitCode {
             "gatehouse ready: {}",
             bound.join(" ")
         );
+        gatehouse::app::logs_written().await;
         systemd::notify(&format!(
             "READY=1\nSTATUS=serving; configuration generation 1 loaded\nX_GATEHOUSE_LISTENERS={}",
             bound.join(",")
         ));
-        systemd::spawn_watchdog();
+        systemd::spawn_watchdog(gatehouse::cores::stalled);
         wait_for_signals(&app, signals).await;
         app.shutdown().await;
         ExitCode::SUCCESS
     });
-    // The close lines of the last connections.
-    super::log_buffer::flush();
+    // The close lines of the last connections, unless the sink is stalled.
+    if !gatehouse::log_queue::flush(std::time::Duration::from_secs(2)) {
+        eprintln!("gatehouse: the log output stalled; the last log lines are lost");
+    }
     code
 }
 

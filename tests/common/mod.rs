@@ -440,6 +440,16 @@ impl Gatehouse {
     /// wrapper, inherited sockets, extra arguments), and returns the READY=1 message too.
     /// The harness adds the notify socket, RUST_LOG and the log file.
     pub fn start_command(config: &str, command: impl FnOnce(&Path) -> Command) -> Result<(Gatehouse, String), String> {
+        Self::start_command_to(config, None, command)
+    }
+
+    /// Like `start_command`, with stdout sent to `stdout` instead of the log file (which
+    /// then holds stderr alone).
+    pub fn start_command_to(
+        config: &str,
+        stdout: Option<Stdio>,
+        command: impl FnOnce(&Path) -> Command,
+    ) -> Result<(Gatehouse, String), String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
@@ -457,7 +467,10 @@ impl Gatehouse {
         }
         cmd.env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stdout(match stdout {
+                Some(out) => out,
+                None => log.try_clone().map_err(|e| e.to_string())?.into(),
+            })
             .stderr(log);
         let child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
         let mut g = Gatehouse {
