@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Does gatehouse give back the memory of a burst? Opens N idle connections through the
 idle listener of ../shared/bench/compare.py's setup, holds them 1 s, closes them, and
-reads gatehouse's RSS and `gatehouse_heap_pool_bytes` at each step, twice.
+reads gatehouse's RSS at each step, twice: the RSS each idle connection adds, and how
+much of a burst's memory goes back to the kernel once its connections close.
 
 usage: benches/burst.py GATEHOUSE_BINARY [N]   (N: 8000 by default)
 
 Needs nginx and iperf3 (the yardstick's backends), and the yardstick next to the
 repository."""
-import importlib.util, os, socket, sys, tempfile, time, urllib.request
+import importlib.util, os, socket, sys, tempfile, time
 
 here = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location(
@@ -21,23 +22,15 @@ c.Gatehouse.binary = os.path.abspath(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8000
 
 
-def pools(g):
-    """gatehouse_heap_pool_bytes in MB, from the admin listener (compare.py's port + 9)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{g.ports[0] + 9}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("gatehouse_heap_pool_bytes "):
-            return f"{float(line.split()[1]) / 1e6:.1f} MB"
-    return "-"
-
-
 tmp = tempfile.mkdtemp()
 backends = c.Backends(tmp)
 try:
     g = c.Gatehouse(tmp, 2)
     g.start()
     try:
-        print(f"{'step':<22}{'RSS KiB':>10}{'pools':>10}")
-        print(f"{'at start':<22}{c.rss_kib(g.pids()):>10}{pools(g):>10}")
+        start = c.rss_kib(g.pids())
+        print(f"{'step':<22}{'RSS KiB':>10}{'per conn':>10}")
+        print(f"{'at start':<22}{start:>10}")
         for _ in range(2):
             socks = []
             for _ in range(n):
@@ -45,11 +38,13 @@ try:
                 s.send(b"x")
                 socks.append(s)
             time.sleep(1.0)
-            print(f"{f'{n} open':<22}{c.rss_kib(g.pids()):>10}{pools(g):>10}")
+            rss = c.rss_kib(g.pids())
+            print(f"{f'{n} open':<22}{rss:>10}{(rss - start) / n:>9.2f}K")
             for s in socks:
                 s.close()
             time.sleep(2.0)
-            print(f"{'closed':<22}{c.rss_kib(g.pids()):>10}{pools(g):>10}")
+            rss = c.rss_kib(g.pids())
+            print(f"{'closed':<22}{rss:>10}{f'{100 * (rss - start) / start:+.0f}%':>10}")
     finally:
         g.stop()
 finally:
