@@ -445,8 +445,9 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
         if response.len() >= MAX_RESPONSE {
             break;
         }
-        // Without a body to look for, the status line is enough.
-        if c.body.is_none() && response.windows(2).any(|w| w == b"\r\n") {
+        // Without a body to look for, the status line is enough when it is one we
+        // expect; an unexpected one is read on, for what its body says went wrong.
+        if c.body.is_none() && parse_status(&response).is_some_and(|s| c.expect.contains(&s)) {
             break;
         }
     }
@@ -455,17 +456,18 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
         detail: format!("{scheme} {}: no valid HTTP status line in the response", c.path),
     })?;
     if !c.expect.contains(&status) {
+        let failing = failing_checks(body_of(&response));
         return Err(CheckFailure {
             reason: "status",
-            detail: format!("{scheme} {} returned {status}", c.path),
+            detail: if failing.is_empty() {
+                format!("{scheme} {} returned {status}", c.path)
+            } else {
+                format!("{scheme} {} returned {status}; failing: {failing}", c.path)
+            },
         });
     }
     if let Some(needle) = &c.body {
-        let body_start = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(response.len(), |p| p + 4);
-        let body = &response[body_start..];
+        let body = body_of(&response);
         if !body.windows(needle.len().max(1)).any(|w| w == needle.as_bytes()) {
             return Err(CheckFailure {
                 reason: "body",
@@ -474,6 +476,39 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(format!("{scheme} {} returned {status}", c.path))
+}
+
+/// What follows the head of an HTTP response (empty if the head is not complete).
+fn body_of(response: &[u8]) -> &[u8] {
+    let start = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    &response[start..]
+}
+
+/// The checks a Kubernetes API server's `/readyz` or `/livez` lists as failing
+/// (`[-]etcd failed: reason withheld`), named and joined: `etcd, informer-sync`. Bounded:
+/// at most 6 names of at most 48 characters, and a count of the rest.
+pub fn failing_checks(body: &[u8]) -> String {
+    const NAMES: usize = 6;
+    const NAME: usize = 48;
+    let text = String::from_utf8_lossy(body);
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[-]"))
+        .map(|rest| rest.split(" failed").next().unwrap_or(rest).trim())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut out: Vec<String> = names
+        .iter()
+        .take(NAMES)
+        .map(|n| n.chars().filter(|c| !c.is_control()).take(NAME).collect())
+        .collect();
+    if names.len() > NAMES {
+        out.push(format!("{} more", names.len() - NAMES));
+    }
+    out.join(", ")
 }
 
 /// The status code of an HTTP/1.x response.
@@ -640,6 +675,20 @@ async fn endpoint_loop(server: Arc<Server>, endpoint: Arc<Endpoint>, check: Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_readyz_answer_names_its_failing_checks_bounded() {
+        let body = b"[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]poststarthook/start-kube-aggregator-informers ok\n[-]informer-sync failed: 3 informers not started yet\nreadyz check failed\n";
+        assert_eq!(failing_checks(body), "etcd, informer-sync");
+        assert_eq!(failing_checks(b"ok"), "");
+        let many: String = (0..9).map(|i| format!("[-]check-{i} failed\n")).collect();
+        assert_eq!(
+            failing_checks(many.as_bytes()),
+            "check-0, check-1, check-2, check-3, check-4, check-5, 3 more"
+        );
+        let long = format!("[-]{} failed\n", "x".repeat(500));
+        assert_eq!(failing_checks(long.as_bytes()).len(), 48);
+    }
 
     #[test]
     fn the_first_result_decides_at_once() {
