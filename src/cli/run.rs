@@ -11,7 +11,7 @@ use super::Cli;
 pub fn run(cli: &Cli) -> ExitCode {
     super::log::init(cli);
     let inherited = systemd::inherited_sockets();
-    // One event loop per accept socket of an address: one per core.
+    // One event loop per accept socket of an address: one per core, at most 4.
     if let Err(e) = gatehouse::cores::start(gatehouse::listener::accept_sockets(), systemd::heartbeat()) {
         eprintln!("gatehouse: cannot start the data path threads: {e}");
         return ExitCode::FAILURE;

@@ -11,14 +11,15 @@ use super::Filled;
 
 /// 1 MiB, the most `/proc/sys/fs/pipe-max-size` allows an unprivileged process by
 /// default: a quarter of the splice calls and wake-ups per gigabyte of 256 KiB pipes
-/// (measured: 4 streams 8.7 → 11.7 Gbit/s, CPU per GB −12%). The memory is not
-/// reserved: a pipe holds references to the socket's pages only while bytes flow.
-/// Past the per-user soft limit (`fs.pipe-user-pages-soft`, 64 such pipes) enlarging
-/// fails and a pipe keeps the kernel's size: slower, still correct.
+/// (benches/README.md has the figures). The memory is not reserved: a pipe holds
+/// references to the socket's pages only while bytes flow. Past the per-user soft
+/// limit (`fs.pipe-user-pages-soft`, 64 such pipes) enlarging fails and a pipe keeps
+/// the kernel's size: slower, still correct.
 const SIZE: usize = 1024 * 1024;
-/// Pooled pipes per thread: few enough that idle pooled pipes keep at most half of
-/// the soft limit (2 loops × 16 × 1 MiB of 64 MiB) from the pipes of live bursts.
-const POOL_MAX: usize = 16;
+/// Pooled pipes per event loop: few enough that idle pooled pipes keep at most half of
+/// the soft limit from the pipes of live bursts, with as many loops as there can be
+/// (4, `listener::accept_sockets`): 4 × 8 × 1 MiB of 64 MiB.
+const POOL_MAX: usize = 8;
 
 /// Pipes alive (pooled or in use) and how many may be: the connection ceiling counts
 /// on no more (see `edge::fd_budget`). Past it a burst is copied instead.
