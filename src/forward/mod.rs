@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -280,10 +280,23 @@ impl Pumps {
     }
 }
 
+/// One direction as [`both_ways`] runs it: where bytes come from and go to, and what
+/// each way it can end means for the connection.
+struct Way<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    /// `from` sent its FIN.
+    closed: End,
+    /// A read from `from` failed.
+    read_failed: End,
+    /// A write to `to` failed.
+    write_failed: End,
+}
+
 /// Runs both directions; ready with the end once both sides are done (decided by
 /// which closed first) or one has failed.
 fn both_ways<C: Conduit>(
-    [up, down]: &mut [Pump<C>; 2],
+    pumps: &mut [Pump<C>; 2],
     cx: &mut Context<'_>,
     client: &TcpStream,
     server: &TcpStream,
@@ -291,39 +304,35 @@ fn both_ways<C: Conduit>(
     meter: &impl Meter,
     first_closed: &mut Option<End>,
 ) -> Poll<End> {
-    let (up_done, down_done) = (up.done, down.done);
-    // (pump, from, to, its FIN, a failed read is a reset of…, a failed write is a reset of…,
-    // the other direction is over)
-    for (pump, src, dst, closed, src_reset, dst_reset, other_done) in [
-        (
-            &mut *up,
-            client,
-            server,
-            End::ClientClosed,
-            End::ClientReset,
-            End::ServerReset,
-            down_done,
-        ),
-        (
-            &mut *down,
-            server,
-            client,
-            End::ServerClosed,
-            End::ServerReset,
-            End::ClientReset,
-            up_done,
-        ),
-    ] {
-        match pump.poll(cx, src, dst, progress, meter, other_done) {
+    let ways = [
+        Way {
+            from: client,
+            to: server,
+            closed: End::ClientClosed,
+            read_failed: End::ClientReset,
+            write_failed: End::ServerReset,
+        },
+        Way {
+            from: server,
+            to: client,
+            closed: End::ServerClosed,
+            read_failed: End::ServerReset,
+            write_failed: End::ClientReset,
+        },
+    ];
+    let done = [pumps[0].done, pumps[1].done];
+    for (i, (pump, way)) in pumps.iter_mut().zip(&ways).enumerate() {
+        let other_done = done[1 - i];
+        match pump.poll(cx, way.from, way.to, progress, meter, other_done) {
             Poll::Ready(Ok(())) => {
-                first_closed.get_or_insert(closed);
+                first_closed.get_or_insert(way.closed);
             }
-            Poll::Ready(Err(Failed::Read(e))) => return Poll::Ready(End::failed(src_reset, &e)),
-            Poll::Ready(Err(Failed::Write(e))) => return Poll::Ready(End::failed(dst_reset, &e)),
+            Poll::Ready(Err(Failed::Read(e))) => return Poll::Ready(End::failed(way.read_failed, &e)),
+            Poll::Ready(Err(Failed::Write(e))) => return Poll::Ready(End::failed(way.write_failed, &e)),
             Poll::Pending => {}
         }
     }
-    if up.done && down.done {
+    if pumps.iter().all(|p| p.done) {
         Poll::Ready(first_closed.unwrap_or(End::ClientClosed))
     } else {
         Poll::Pending
@@ -386,6 +395,8 @@ impl<C: Conduit> Pump<C> {
         })
     }
 
+    /// Moves chunks until the source has nothing more for now (pending), the source
+    /// has ended and its FIN is passed on (ready), or a side fails.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -399,89 +410,104 @@ impl<C: Conduit> Pump<C> {
             return Poll::Pending;
         }
         for _ in 0..CHUNKS_PER_POLL {
-            // First pass on what the conduit holds.
-            if let Some(c) = self.conduit.as_mut() {
-                while c.pending() > 0 {
-                    match dst.poll_write_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                    match dst.try_io(Interest::WRITABLE, || c.flush(dst, self.eof)) {
-                        Ok(sent) => {
-                            progress.moved(self.direction, sent);
-                            meter.moved(self.direction, sent as u64);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        // The conduit still holds bytes: it is dropped, not pooled.
-                        Err(e) => {
-                            self.conduit = None;
-                            return Poll::Ready(Err(Failed::Write(e)));
-                        }
-                    }
-                }
-            }
+            ready!(self.send_held(cx, dst, progress, meter)?);
             if self.eof {
-                // The source's FIN: pass it on, and this direction is done.
-                self.done = true;
-                if let Some(c) = self.conduit.take() {
-                    c.give();
-                }
-                if other_done {
-                    // Both sources have ended: the close that follows sends this FIN,
-                    // with nothing unread to turn it into a reset.
-                    return Poll::Ready(Ok(()));
-                }
-                return Poll::Ready(match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                    Err(e) => Err(Failed::Write(e)),
-                });
+                return Poll::Ready(self.pass_fin(dst, other_done));
             }
-            // Then take more from the source; wait for it without holding a conduit.
-            match src.poll_read_ready(cx) {
-                Poll::Pending => {
-                    if let Some(c) = self.conduit.take() {
-                        c.give();
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
-                Poll::Ready(Ok(())) => {}
-            }
-            // Whether the source's FIN is already here, behind whatever it sent last.
-            let fin_queued = fin_queued(src, cx);
-            let c = match self.conduit.as_mut() {
-                Some(c) => c,
-                None => match C::take() {
-                    Ok(c) => self.conduit.insert(c),
-                    Err(e) => return Poll::Ready(Err(Failed::Read(e))),
-                },
-            };
-            let filled = src.try_io(Interest::READABLE, || {
-                let f = c.fill(src)?;
-                if f.drained && f.bytes > 0 && !fin_queued {
-                    // Report "would block" so that readiness is cleared with the bytes in
-                    // hand, as tokio's own reads do after a short read.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(f)
-            });
-            match filled {
-                Ok(f) if f.bytes == 0 => self.eof = true,
-                // Everything up to the FIN is in hand: this is the end of the stream,
-                // without a read to hear it say so, and the bytes go out with the FIN.
-                Ok(f) if f.drained => self.eof = true,
-                Ok(_) => {}
-                // Readiness is cleared: the next poll registers the waker (after sending
-                // what a short read brought).
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(Failed::Read(e))),
-            }
+            ready!(self.take_more(cx, src)?);
         }
         // Budget spent with bytes still flowing: yield, and come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Writes what the conduit holds; ready once it holds nothing.
+    fn send_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &TcpStream,
+        progress: &mut Progress,
+        meter: &impl Meter,
+    ) -> Poll<Result<(), Failed>> {
+        let Some(c) = self.conduit.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while c.pending() > 0 {
+            ready!(dst.poll_write_ready(cx)).map_err(Failed::Write)?;
+            match dst.try_io(Interest::WRITABLE, || c.flush(dst, self.eof)) {
+                Ok(sent) => {
+                    progress.moved(self.direction, sent);
+                    meter.moved(self.direction, sent as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The conduit still holds bytes: it is dropped, not pooled.
+                Err(e) => {
+                    self.conduit = None;
+                    return Poll::Ready(Err(Failed::Write(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The source's FIN, once all before it is sent: passed on, and this direction is
+    /// done.
+    fn pass_fin(&mut self, dst: &TcpStream, other_done: bool) -> Result<(), Failed> {
+        self.done = true;
+        if let Some(c) = self.conduit.take() {
+            c.give();
+        }
+        if other_done {
+            // Both sources have ended: the close that follows sends this FIN, with
+            // nothing unread to turn it into a reset.
+            return Ok(());
+        }
+        match SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(Failed::Write(e)),
+        }
+    }
+
+    /// Reads what the source has into the conduit (taking one from the pool), or waits
+    /// for it without holding one.
+    fn take_more(&mut self, cx: &mut Context<'_>, src: &TcpStream) -> Poll<Result<(), Failed>> {
+        match src.poll_read_ready(cx) {
+            Poll::Pending => {
+                if let Some(c) = self.conduit.take() {
+                    c.give();
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(ready) => ready.map_err(Failed::Read)?,
+        }
+        // Whether the source's FIN is already here, behind whatever it sent last.
+        let fin_queued = fin_queued(src, cx);
+        let c = match self.conduit.as_mut() {
+            Some(c) => c,
+            None => self.conduit.insert(C::take().map_err(Failed::Read)?),
+        };
+        let filled = src.try_io(Interest::READABLE, || {
+            let f = c.fill(src)?;
+            if f.drained && f.bytes > 0 && !fin_queued {
+                // Report "would block" so that readiness is cleared with the bytes in
+                // hand, as tokio's own reads do after a short read.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(f)
+        });
+        match filled {
+            Ok(f) if f.bytes == 0 => self.eof = true,
+            // Everything up to the FIN is in hand: this is the end of the stream, without
+            // a read to hear it say so, and the bytes go out with the FIN.
+            Ok(f) if f.drained => self.eof = true,
+            Ok(_) => {}
+            // Readiness is cleared: the next poll registers the waker (after sending what
+            // a short read brought).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(Failed::Read(e))),
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
