@@ -1,48 +1,46 @@
-# syntax=docker/dockerfile:1
+# gatehouse container image: the portable release binary on Debian 12 (bookworm-slim),
+# run as a non-root user, with config/container.toml as /etc/gatehouse/gatehouse.toml.
 #
-# gatehouse container image: build with `docker build -t gatehouse .` (BuildKit).
+# Nothing is compiled here: the image copies target/dist/gatehouse, the binary that
+# deploy/dist.sh builds (glibc >= 2.28, checked by deploy/check-dist.sh) and the RPM
+# ships. So the build context is the repository root, and .dockerignore keeps it to the
+# two files copied below. Build:
 #
-# Run, for example:
-#   docker run -d --name gatehouse -p 6443:6443 -p 80:80 -p 443:443 -p 9100:9100 \
+#   bash deploy/dist.sh
+#   buildah bud -t gatehouse .          # or: podman build -t gatehouse .
+#                                       # or: docker build -t gatehouse .
+#
+# CI builds it with `buildah bud --pull=never` from a debian:bookworm-slim that it makes
+# itself (mmdebstrap), runs it with podman, and checks /healthz, forwarding and a clean
+# drain on SIGTERM: tests/system/container.sh.
+#
+# Run, for example (mount your own config over /etc/gatehouse, e.g. config/gallade.toml
+# with its certificates; the default one forwards to gallade's Pi network):
+#   podman run -d --name gatehouse --network host --stop-timeout 45 \
+#     -v /etc/gatehouse:/etc/gatehouse:ro,Z gatehouse
+#   docker run -d --name gatehouse -p 6443:6443 -p 80:80 -p 443:443 -p 8405:8405 \
 #     --stop-timeout 45 gatehouse
-# --stop-timeout: gatehouse drains for up to drain_timeout (30s by default) on SIGTERM;
-# Docker's default of 10s would SIGKILL it mid-drain.
+# --stop-timeout: on SIGTERM gatehouse stops accepting and drains for up to
+# drain_timeout (30s by default) before it exits 0; the default of 10s would SIGKILL
+# it mid-drain. As a systemd service on a Rocky/EL9 host: deploy/podman/gatehouse.container.
 #
-# This image is for containers only. Its binary is built on Debian 12 and
-# references glibc symbols up to GLIBC_2.34 (objdump -T), so it would not run on
-# EL8. For hosts, use the RPM and portable binary (glibc >= 2.28) that
-# `bash deploy/dist.sh` builds; see docs/deploy-gallade.md.
+# Ports 80 and 443 as a non-root user: in a network namespace of its own the container
+# gets net.ipv4.ip_unprivileged_port_start=0 from Docker (20.10+); with --network host
+# that sysctl is the host's (1024 by default), so add the capability:
+# `--cap-drop ALL --cap-add NET_BIND_SERVICE` (podman also makes an added capability
+# ambient for a non-root user; Docker does not, there use ports >= 1024 or --user 0).
 
-# The builder must use the same Debian release as the runtime image below, so the
-# binary needs no newer glibc than the one it runs on.
-FROM rust:1-bookworm AS build
-WORKDIR /src
-COPY . .
-# Cache mounts keep the registry and target/ between builds, so a source change
-# recompiles gatehouse and not its dependencies. target/ lives only in the cache,
-# so the binary is copied out in the same step.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/usr/local/cargo/git \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
- && install -D -m 0755 target/release/gatehouse /out/gatehouse
-
-# distroless/cc: glibc, libgcc and CA certificates, no shell or package manager.
-# gatehouse needs nothing else (TLS health checks use rustls with ring).
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/gatehouse /usr/local/bin/gatehouse
-# The container config binds all interfaces; config/local.toml binds 127.0.0.1,
-# which nothing outside the container could reach.
+FROM debian:bookworm-slim
+COPY target/dist/gatehouse /usr/local/bin/gatehouse
+# The container config binds all interfaces; config/local.toml binds 127.0.0.1, which
+# nothing outside the container's network namespace could reach.
 COPY config/container.toml /etc/gatehouse/gatehouse.toml
-# 65532 ("nonroot"). Binding 80 and 443 still works without root: Docker 20.10+
-# sets net.ipv4.ip_unprivileged_port_start=0 inside the container's network
-# namespace. With --network=host that sysctl is the host's (1024 by default),
-# and --cap-add alone does not help a non-root user (Docker grants no ambient
-# capabilities), so there use ports >= 1024 or
-# `--user 0 --cap-drop ALL --cap-add NET_BIND_SERVICE`.
+# A fixed uid without a passwd entry (as distroless "nonroot"): gatehouse needs no
+# name, home or shell. The config is world-readable in the image; a mounted one must be
+# readable by 65532 (or run with --user and a group that can read it).
 USER 65532:65532
-EXPOSE 6443 80 443 9100
-# No HEALTHCHECK: the image has no shell or curl; probe the admin listener from
-# outside (orchestrator TCP/HTTP check on 9100) instead.
+EXPOSE 6443 80 443 8405
+# gatehouse drains on SIGTERM (also podman's and Docker's default stop signal).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gatehouse"]
 CMD ["--config", "/etc/gatehouse/gatehouse.toml"]

@@ -134,6 +134,7 @@ drwxr-xr-x root root  $doc/examples
 -rw-r--r-- root root d $doc/examples/alerts.yaml
 -rw-r--r-- root root d $doc/examples/container.toml
 -rw-r--r-- root root d $doc/examples/gallade.toml
+-rw-r--r-- root root d $doc/examples/gatehouse.container
 -rw-r--r-- root root d $doc/examples/grafana-dashboard.json
 -rw-r--r-- root root d $doc/examples/local.toml
 WANT
