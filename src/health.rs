@@ -93,6 +93,53 @@ pub fn jittered(interval: Duration, r: f64) -> Duration {
     interval.mul_f64(0.9 + 0.2 * r.clamp(0.0, 1.0))
 }
 
+/// The wait before an endpoint's second check: anywhere in the second half of
+/// `interval`, given a uniform `r` in [0, 1). Every endpoint's first check runs at once
+/// (at start, at a reload); this spreads the rounds after it over the interval, as
+/// HAProxy's `spread-checks` does, instead of all of them waking together.
+pub fn spread(interval: Duration, r: f64) -> Duration {
+    interval.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
+}
+
+/// Checks run on ticks of this length: those due within one tick are started together,
+/// in one wake-up of the runtime, and their connects answer in one `epoll_wait`.
+pub const CHECK_TICK: Duration = Duration::from_millis(10);
+
+/// `at`, rounded up to the next [`CHECK_TICK`] since `epoch`.
+pub fn on_tick(at: tokio::time::Instant, epoch: tokio::time::Instant) -> tokio::time::Instant {
+    let since = at.saturating_duration_since(epoch).as_micros();
+    let tick = CHECK_TICK.as_micros();
+    let rounded = since.div_ceil(tick) * tick;
+    epoch + Duration::from_micros(rounded as u64)
+}
+
+/// The instant check ticks count from: one for the whole process.
+fn tick_epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+/// What a check that passed saw, put in words only when someone reads them (a state
+/// change, the first result): most checks only confirm what is known.
+#[derive(Debug)]
+pub enum Passed {
+    NotChecked,
+    Tcp(SocketAddr),
+    Tls(SocketAddr),
+    Http { scheme: &'static str, path: String, status: u16 },
+}
+
+impl std::fmt::Display for Passed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Passed::NotChecked => f.write_str("not checked"),
+            Passed::Tcp(addr) => write!(f, "tcp connect to {addr} succeeded"),
+            Passed::Tls(addr) => write!(f, "tls handshake with {addr} succeeded"),
+            Passed::Http { scheme, path, status } => write!(f, "{scheme} {path} returned {status}"),
+        }
+    }
+}
+
 /// A check ready to run: TLS material loaded, request formatted.
 pub struct Prepared {
     kind: PreparedKind,
@@ -238,7 +285,7 @@ impl Prepared {
     }
 
     /// Runs one check of `endpoint` of a server named by `host`.
-    pub async fn run(&self, host: &Host, endpoint: SocketAddr) -> Result<String, CheckFailure> {
+    pub async fn run(&self, host: &Host, endpoint: SocketAddr) -> Result<Passed, CheckFailure> {
         self.run_watched(host, endpoint, &mut Vec::new()).await
     }
 
@@ -248,7 +295,7 @@ impl Prepared {
         host: &Host,
         endpoint: SocketAddr,
         certs: &mut Vec<CertReport>,
-    ) -> Result<String, CheckFailure> {
+    ) -> Result<Passed, CheckFailure> {
         let addr = SocketAddr::new(endpoint.ip(), self.port.unwrap_or(endpoint.port()));
         match tokio::time::timeout(self.timeout, self.run_inner(host, addr, certs)).await {
             Ok(r) => r,
@@ -274,16 +321,16 @@ impl Prepared {
         host: &Host,
         addr: SocketAddr,
         certs: &mut Vec<CertReport>,
-    ) -> Result<String, CheckFailure> {
+    ) -> Result<Passed, CheckFailure> {
         if let PreparedKind::None = self.kind {
-            return Ok("not checked".into());
+            return Ok(Passed::NotChecked);
         }
         let stream = self.connect(addr).await?;
         match &self.kind {
-            PreparedKind::None | PreparedKind::Tcp => Ok(format!("tcp connect to {addr} succeeded")),
+            PreparedKind::None | PreparedKind::Tcp => Ok(Passed::Tcp(addr)),
             PreparedKind::Tls(t) => {
                 let _tls = self.handshakes(t, host, addr, stream, certs).await?;
-                Ok(format!("tls handshake with {addr} succeeded"))
+                Ok(Passed::Tls(addr))
             }
             PreparedKind::Http(h) => http(h, "http", host, addr, stream).await,
             PreparedKind::Https(h, t) => {
@@ -408,11 +455,11 @@ async fn handshake(
 
 async fn http<S: AsyncRead + AsyncWrite + Unpin>(
     h: &Http,
-    scheme: &str,
+    scheme: &'static str,
     host: &Host,
     addr: SocketAddr,
     mut stream: S,
-) -> Result<String, CheckFailure> {
+) -> Result<Passed, CheckFailure> {
     let c = &h.check;
     let host_header = match (&c.host, host) {
         (Some(h), _) => h.clone(),
@@ -475,7 +522,11 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     }
-    Ok(format!("{scheme} {} returned {status}", c.path))
+    Ok(Passed::Http {
+        scheme,
+        path: c.path.clone(),
+        status,
+    })
 }
 
 /// What follows the head of an HTTP response (empty if the head is not complete).
@@ -559,16 +610,18 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
         server.metrics.check_failed(f.reason);
         tracing::debug!(server = %server.label(), endpoint = %endpoint.addr, "check failed: {}", f.detail);
     }
-    let what = match &result {
-        Ok(s) => s.as_str(),
-        Err(f) => f.detail.as_str(),
+    let what = || match &result {
+        Ok(passed) => passed.to_string(),
+        Err(f) => f.detail.clone(),
     };
+    let first = !rf.decided;
     match rf.record(ok, endpoint.is_up()) {
         Some((up, streak, of)) => {
-            server.set_endpoint_up(endpoint, up, &format!("{what} ({streak}/{of})"));
+            server.set_endpoint_up(endpoint, up, &format!("{} ({streak}/{of})", what()));
         }
         // The first check confirmed the state it started in.
-        None => server.decided(what),
+        None if first => server.decided(&what()),
+        None => {}
     }
 }
 
@@ -666,9 +719,12 @@ async fn endpoint_loop(server: Arc<Server>, endpoint: Arc<Endpoint>, check: Arc<
     } else {
         check_endpoint(&server, &endpoint, &check, &mut rf).await;
     }
+    let epoch = tick_epoch();
+    let mut next = tokio::time::Instant::now() + spread(config.interval, rand::random::<f64>());
     loop {
-        tokio::time::sleep(jittered(config.interval, rand::random::<f64>())).await;
+        tokio::time::sleep_until(on_tick(next, epoch)).await;
         check_endpoint(&server, &endpoint, &check, &mut rf).await;
+        next = tokio::time::Instant::now() + jittered(config.interval, rand::random::<f64>());
     }
 }
 
@@ -753,6 +809,32 @@ mod tests {
                 "{k}: {d:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_second_round_spreads_over_the_second_half_of_the_interval() {
+        let i = Duration::from_secs(2);
+        assert_eq!(spread(i, 0.0), Duration::from_secs(1));
+        assert_eq!(spread(i, 1.0), Duration::from_secs(2));
+        let mut halves = [0; 2];
+        for _ in 0..1000 {
+            let d = spread(i, rand::random::<f64>());
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
+            halves[usize::from(d >= Duration::from_millis(1500))] += 1;
+        }
+        assert!(halves.iter().all(|&h| h > 350), "not spread: {halves:?}");
+    }
+
+    #[test]
+    fn checks_wait_for_the_next_tick() {
+        let epoch = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(on_tick(epoch, epoch), epoch);
+        assert_eq!(on_tick(epoch + ms(1), epoch), epoch + ms(10));
+        assert_eq!(on_tick(epoch + ms(10), epoch), epoch + ms(10));
+        assert_eq!(on_tick(epoch + Duration::from_micros(10_001), epoch), epoch + ms(20));
+        // Before the epoch: at it.
+        assert_eq!(on_tick(epoch, epoch + ms(5)), epoch + ms(5));
     }
 
     #[test]

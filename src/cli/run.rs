@@ -16,7 +16,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         eprintln!("gatehouse: cannot start the data path threads: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehouse: cannot start the runtime: {e}");
