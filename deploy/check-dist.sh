@@ -21,7 +21,9 @@
 #    Makefile (checkmodule + semodule_package), the RPM carries the same
 #    sources, and, linked with Debian's reference policy base, gatehouse_t has
 #    the rules it needs and no more (sesearch: no file creation, no program
-#    execution, TCP binds on http_port_t and gatehouse_port_t only).
+#    execution, TCP binds on http_port_t and gatehouse_port_t only); the compiled
+#    module the RPM ships installs into a copy of a complete policy store
+#    (selinux-policy-default) with `semodule -n -s default -i`.
 # ok() cannot fail, so `test && ok ... || fail ...` is a plain if-then-else here.
 # shellcheck disable=SC2015
 set -euo pipefail
@@ -126,6 +128,7 @@ drwxr-xr-x root root  $share/selinux
 -rw-r--r-- root root  $share/selinux/gatehouse.fc
 -rw-r--r-- root root  $share/selinux/gatehouse.if
 -rw-r--r-- root root  $share/selinux/gatehouse.te
+-rw-r--r-- root root  /usr/share/selinux/packages/gatehouse.pp.bz2
 drwxr-xr-x root root  $doc
 -rw-r--r-- root root d $doc/README.md
 -rw-r--r-- root root d $doc/config.md
@@ -293,6 +296,28 @@ if [[ -f $devel ]] && command -v checkmodule >/dev/null && command -v semodule_p
     fi
 else
     fail "no $devel, checkmodule or semodule_package (Debian: selinux-policy-dev checkpolicy semodule-utils)"
+fi
+
+# The module the RPM ships, as its %post loads it: into a copy of a complete policy
+# store (Debian's reference policy, package selinux-policy-default), with -n so that
+# nothing is reloaded: the running system is not touched.
+section "the rpm's SELinux module installs into a complete policy store"
+pp=$scratch/usr/share/selinux/packages/gatehouse.pp.bz2
+if [[ ! -s $pp ]]; then
+    fail "the rpm carries no /usr/share/selinux/packages/gatehouse.pp.bz2"
+elif [[ ! -d /var/lib/selinux/default ]] || ! command -v semodule >/dev/null; then
+    fail "no policy store /var/lib/selinux/default or no semodule (Debian: apt-get install selinux-policy-default)"
+else
+    store=$tmp/store
+    mkdir -p "$store/var/lib/selinux" "$store/etc/selinux"
+    cp -a /var/lib/selinux/default "$store/var/lib/selinux/"
+    cp -a /etc/selinux/. "$store/etc/selinux/"
+    if semodule -p "$store" -s default -n -X 200 -i "$pp" > "$tmp/semodule.log" 2>&1 &&
+        semodule -p "$store" -s default -l 2>/dev/null | grep -qx gatehouse; then
+        ok "semodule -n -s default -X 200 -i gatehouse.pp.bz2: installed into the reference policy's store"
+    else
+        cat "$tmp/semodule.log" >&2; fail "the rpm's gatehouse.pp.bz2 does not install into a complete policy store"
+    fi
 fi
 
 # What the domain may do, read off the module linked with Debian's reference

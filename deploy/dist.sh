@@ -6,8 +6,9 @@
 # Produces, under target/dist/:
 #   gatehouse                        x86_64 Linux, needs glibc >= 2.28 (EL8, EL9,
 #                                    Debian 11+, Ubuntu 20.04+)
+#   gatehouse.pp.bz2                 the SELinux policy module, compiled
 #   gatehouse-VERSION-1.x86_64.rpm   binary, units, sysusers entry, config,
-#                                    SELinux policy sources, docs
+#                                    SELinux module (compiled and sources), docs
 # deploy/check-dist.sh checks both; CI runs the two in turn.
 #
 # The binary is a release build linked against glibc 2.28's symbol versions by
@@ -63,6 +64,21 @@ bin=target/$TRIPLE/release/gatehouse
 mkdir -p "$out"
 install -m 0755 "$bin" "$out/gatehouse"
 
+# --- SELinux module ------------------------------------------------------------
+# Compiled here, shipped ready to load: the RPM's %post installs it where SELinux is
+# on. Built with the reference policy's devel headers (Debian: selinux-policy-dev),
+# which check-dist.sh then links into a complete policy store.
+say "SELinux module gatehouse.pp"
+devel=/usr/share/selinux/devel/Makefile
+[[ -f $devel ]] && command -v checkmodule >/dev/null && command -v semodule_package >/dev/null ||
+    fail "no $devel, checkmodule or semodule_package (Debian: apt-get install selinux-policy-dev checkpolicy semodule-utils)"
+se=$root/$out/selinux
+rm -rf "$se"
+mkdir -p "$se"
+cp deploy/selinux/gatehouse.te deploy/selinux/gatehouse.fc deploy/selinux/gatehouse.if "$se/"
+(cd "$se" && make -f "$devel" gatehouse.pp > build.log 2>&1) || { cat "$se/build.log" >&2; fail "the SELinux module does not compile"; }
+bzip2 -9 -c "$se/gatehouse.pp" > "$out/gatehouse.pp.bz2"
+
 # --- RPM ---------------------------------------------------------------------
 version=$(sed -n '/^\[package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
 [[ -n $version ]] || fail "no version in Cargo.toml [package]"
@@ -76,6 +92,7 @@ rpmbuild -bb --quiet --target x86_64 \
     --define "_rpmdir $topdir/RPMS" \
     --define "gh_version $version" \
     --define "gh_binary $root/$out/gatehouse" \
+    --define "gh_selinux_pp $root/$out/gatehouse.pp.bz2" \
     deploy/gatehouse.spec
 rpm_file=$topdir/RPMS/x86_64/gatehouse-$version-1.x86_64.rpm
 [[ -f $rpm_file ]] || fail "rpmbuild made no $rpm_file"
@@ -84,4 +101,4 @@ mv "$rpm_file" "$out/"
 rm -rf "$topdir"
 
 say "built:"
-ls -l "$out/gatehouse" "$out/gatehouse-$version-1.x86_64.rpm"
+ls -l "$out/gatehouse" "$out/gatehouse.pp.bz2" "$out/gatehouse-$version-1.x86_64.rpm"
