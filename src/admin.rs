@@ -16,9 +16,10 @@ use std::sync::{Arc, Weak};
 use serde_json::{json, Value};
 
 use crate::certwatch::CertReport;
+use crate::config::BackendConfig;
 use crate::config::ReadyWhen;
 use crate::control::Control;
-use crate::runtime::{AdminState, Server, Snapshot};
+use crate::runtime::{AdminState, Queue, ServerEntry, Snapshot};
 
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
@@ -335,12 +336,27 @@ pub fn status(app: &dyn Control) -> Value {
             "balance": b.config.balance.as_str(),
             "servers_up": b.servers_up(),
             "servers_total": b.servers.len(),
-            "servers": b.servers.iter().map(|e| server_status(&e.server, e.weight, e.backup)).collect::<Vec<_>>(),
+            "servers": b.servers.iter().map(server_status).collect::<Vec<_>>(),
+            "queue": b.queue.as_ref().map(|q| queue_status(q, &b.config)),
         })).collect::<Vec<_>>(),
     })
 }
 
-fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
+/// A backend's queue: who waits now, and who waited and was closed since start.
+fn queue_status(q: &Queue, config: &BackendConfig) -> Value {
+    let c = q.counts();
+    json!({
+        "waiting": c.waiting,
+        "oldest_wait_seconds": c.oldest.map(|d| d.as_secs_f64()),
+        "max_queue": config.max_queue,
+        "timeout_seconds": config.queue_timeout.as_secs_f64(),
+        "queued": c.queued,
+        "refused": { "queue_full": c.full, "queue_timeout": c.timed_out },
+    })
+}
+
+fn server_status(entry: &ServerEntry) -> Value {
+    let (s, weight, backup) = (&entry.server, entry.weight, entry.backup);
     let endpoints = s.endpoints();
     // The server's last check: the most recent among its endpoints.
     let reports: Vec<_> = endpoints
@@ -359,6 +375,7 @@ fn server_status(s: &Server, weight: u32, backup: bool) -> Value {
         "weight": weight,
         "backup": backup,
         "active": s.active.load(Ordering::Relaxed),
+        "max_connections": entry.max_connections,
         "connections": s.connections.load(Ordering::Relaxed),
         "bytes_in": s.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.bytes_out.load(Ordering::Relaxed),

@@ -64,7 +64,9 @@ pub struct App {
     /// Client connections allowed at once (from the open-file limit), and in use.
     pub ceiling: Arc<Ceiling>,
     listeners: Mutex<Listeners>,
-    admin: Mutex<Option<AdminHandle>>,
+    /// One per `[admin] listen` address, in its order; shared so that a reload keeps
+    /// the ones whose address stays.
+    admin: Mutex<Vec<Arc<AdminHandle>>>,
     start_admin: StartAdmin,
     resolution: Arc<Resolution>,
     reloading: tokio::sync::Mutex<()>,
@@ -194,7 +196,7 @@ impl App {
             metrics,
             ceiling,
             listeners: Mutex::new(listeners),
-            admin: Mutex::new(None),
+            admin: Mutex::new(Vec::new()),
             start_admin,
             resolution,
             reloading: tokio::sync::Mutex::new(()),
@@ -208,14 +210,15 @@ impl App {
     /// (listener, bound address) pairs, port 0 resolved; the admin API as "admin".
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         let mut v = self.listeners.lock().map(|l| l.local_addrs()).unwrap_or_default();
-        if let Some(a) = self.admin.lock().ok().and_then(|a| a.as_ref().map(|a| a.local)) {
-            v.push(("admin".into(), a));
+        if let Ok(admin) = self.admin.lock() {
+            v.extend(admin.iter().map(|a| ("admin".to_string(), a.local)));
         }
         v
     }
 
+    /// The first admin address (as configured first), port 0 resolved.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.lock().ok().and_then(|a| a.as_ref().map(|a| a.local))
+        self.admin.lock().ok().and_then(|a| a.first().map(|a| a.local))
     }
 
     /// Re-reads the config file and applies it whole, or changes nothing.
@@ -332,24 +335,34 @@ impl App {
         Ok(())
     }
 
-    /// Binds the admin listener `config` asks for, if that is a change: `Some(new)`, to be
-    /// put in place by `commit_admin` (dropping it unused closes it again).
-    fn prepare_admin(self: &Arc<Self>, config: Option<&AdminConfig>) -> Result<Option<Option<AdminHandle>>, LoadError> {
-        let wanted = config.map(|c| c.listen);
-        let current = self.admin.lock().ok().and_then(|a| a.as_ref().map(|r| r.configured));
-        if current == wanted {
+    /// Binds the admin addresses `config` asks for, if that is a change: `Some(new)`, to
+    /// be put in place by `commit_admin`. Addresses that stay keep their listener; new
+    /// ones are bound here, and if one fails nothing changes (those bound so far close).
+    fn prepare_admin(
+        self: &Arc<Self>,
+        config: Option<&AdminConfig>,
+    ) -> Result<Option<Vec<Arc<AdminHandle>>>, LoadError> {
+        let wanted: &[SocketAddr] = config.map_or(&[], |c| &c.listen);
+        let current: Vec<Arc<AdminHandle>> = self.admin.lock().map(|a| a.clone()).unwrap_or_default();
+        if current.iter().map(|h| h.configured).eq(wanted.iter().copied()) {
             return Ok(None);
         }
-        Ok(Some(match wanted {
-            None => None,
-            Some(addr) => {
-                let control: std::sync::Weak<App> = Arc::downgrade(self);
-                Some((self.start_admin)(addr, control).map_err(|source| LoadError::Admin { addr, source })?)
+        let mut next = Vec::with_capacity(wanted.len());
+        for &addr in wanted {
+            match current.iter().find(|h| h.configured == addr) {
+                Some(kept) => next.push(kept.clone()),
+                None => {
+                    let control: std::sync::Weak<App> = Arc::downgrade(self);
+                    let started =
+                        (self.start_admin)(addr, control).map_err(|source| LoadError::Admin { addr, source })?;
+                    next.push(Arc::new(started));
+                }
             }
-        }))
+        }
+        Ok(Some(next))
     }
 
-    fn commit_admin(&self, admin: Option<Option<AdminHandle>>) {
+    fn commit_admin(&self, admin: Option<Vec<Arc<AdminHandle>>>) {
         if let (Some(admin), Ok(mut current)) = (admin, self.admin.lock()) {
             *current = admin;
         }
@@ -385,7 +398,7 @@ impl App {
             self.connections.drain(Duration::from_secs(2)).await;
         }
         if let Ok(mut a) = self.admin.lock() {
-            *a = None;
+            a.clear();
         }
         tracing::info!("stopped");
     }

@@ -5,7 +5,9 @@
 //! distribution and benchmarked on its own. What makes a server eligible (health,
 //! drain, slow start) is summed up by the caller in [`Candidate::weight`]: zero means
 //! "not now". A server that should take new connections only when no other can (a
-//! drained one) has a [`Candidate::last_resort_weight`] instead.
+//! drained one) has a [`Candidate::last_resort_weight`] instead. A server at its
+//! connection limit is still eligible, but has no room: [`Picker::pick_with_room`]
+//! passes it over, and says when every eligible server is full.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -68,6 +70,18 @@ pub struct Request<'a> {
     pub random: u64,
 }
 
+/// What [`Picker::pick_with_room`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The server chosen (it has room).
+    Server(usize),
+    /// Servers can take the client, but every one of those its turn would go to is at
+    /// its limit: it has to wait.
+    Full,
+    /// No server can take the client.
+    None,
+}
+
 impl Picker {
     /// A picker for a new list of servers that goes on where `old` left off (a reload
     /// must not restart the rotation): `old_index[i]` is where the new list's server `i`
@@ -86,13 +100,34 @@ impl Picker {
 
     /// The index of the chosen server, or `None` when no server is eligible.
     pub fn pick<C: Candidate>(&self, policy: Balance, servers: &[C], req: Request<'_>) -> Option<usize> {
-        // Primaries first; backups only when no primary can take the client; last-resort
-        // servers (drained ones), primaries then backups, only when neither can.
+        match self.pick_with_room(policy, servers, req, |_| true) {
+            Pick::Server(i) => Some(i),
+            Pick::Full | Pick::None => None,
+        }
+    }
+
+    /// The chosen server among those `room` says can take one more connection.
+    ///
+    /// Which servers are in play does not depend on room: primaries first; backups only
+    /// when no primary can take the client; last-resort servers (drained ones),
+    /// primaries then backups, only when neither can. When every server in play is
+    /// full the answer is [`Pick::Full`], not a backup: a backup stands in for servers
+    /// that are down, not for servers that are busy (HAProxy queues the same way).
+    /// Within the servers in play, those without room are passed over, and each policy
+    /// picks among the rest as it would among all: `source-hash` gives a client whose
+    /// server is full the next one in its order, as if its own were down.
+    pub fn pick_with_room<C: Candidate>(
+        &self,
+        policy: Balance,
+        servers: &[C],
+        req: Request<'_>,
+        room: impl Fn(usize) -> bool,
+    ) -> Pick {
         // least-conn's ties rotate once per pick, however many rounds it takes.
         let turn = self.counter.fetch_add(1, Ordering::Relaxed);
         for last_resort in [false, true] {
             for backup in [false, true] {
-                let weight = |i: usize, s: &C| -> u32 {
+                let in_play = |i: usize, s: &C| -> u32 {
                     if s.backup() != backup || req.tried.contains(&i) {
                         0
                     } else if last_resort {
@@ -101,18 +136,23 @@ impl Picker {
                         s.weight()
                     }
                 };
+                let weight = |i: usize, s: &C| if room(i) { in_play(i, s) } else { 0 };
                 let chosen = match policy {
                     Balance::RoundRobin => self.round_robin(servers, weight),
                     Balance::LeastConn => Self::least_conn(servers, weight, turn),
                     Balance::RandomTwo => random_two(servers, weight, req.random),
                     Balance::SourceHash => source_hash(servers, weight, req.client),
                 };
-                if chosen.is_some() {
-                    return chosen;
+                if let Some(i) = chosen {
+                    return Pick::Server(i);
+                }
+                // Only reached when these servers all lack room, or none is in play.
+                if servers.iter().enumerate().any(|(i, s)| in_play(i, s) > 0) {
+                    return Pick::Full;
                 }
             }
         }
-        None
+        Pick::None
     }
 
     /// Smooth weighted round-robin (as nginx does it): every eligible server gains its
@@ -550,6 +590,122 @@ mod tests {
         }
     }
 
+    const POLICIES: [Balance; 4] = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::RandomTwo,
+        Balance::SourceHash,
+    ];
+
+    #[test]
+    fn servers_without_room_are_passed_over_by_every_policy() {
+        let s = servers(&[1, 1, 1]);
+        let room = |i: usize| i != 1;
+        for policy in POLICIES {
+            let p = Picker::default();
+            for n in 0..300u64 {
+                let got = p.pick_with_room(policy, &s, req(mix(n), mix(n + 7)), room);
+                assert!(
+                    matches!(got, Pick::Server(0) | Pick::Server(2)),
+                    "{policy:?} gave {got:?} with server 1 full"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn full_primaries_make_clients_wait_rather_than_go_to_a_backup() {
+        let mut s = servers(&[1, 1, 1]);
+        s[2].backup = true;
+        for policy in POLICIES {
+            let p = Picker::default();
+            assert_eq!(
+                p.pick_with_room(policy, &s, req(1, 2), |i| i == 2),
+                Pick::Full,
+                "{policy:?}"
+            );
+            let mut down = s.clone();
+            down[0].weight = 0;
+            down[1].weight = 0;
+            assert_eq!(
+                p.pick_with_room(policy, &down, req(1, 2), |_| true),
+                Pick::Server(2),
+                "{policy:?}: the backup stands in for primaries that are down"
+            );
+            assert_eq!(
+                p.pick_with_room(policy, &down, req(1, 2), |_| false),
+                Pick::Full,
+                "{policy:?}"
+            );
+            let mut none = down.clone();
+            none[2].weight = 0;
+            assert_eq!(
+                p.pick_with_room(policy, &none, req(1, 2), |_| true),
+                Pick::None,
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_drained_server_at_its_limit_is_waited_for_only_when_nothing_else_can_serve() {
+        let mut s = servers(&[0, 1]);
+        s[0].last_resort = 1;
+        for policy in POLICIES {
+            let p = Picker::default();
+            assert_eq!(
+                p.pick_with_room(policy, &s, req(3, 4), |_| true),
+                Pick::Server(1),
+                "{policy:?}"
+            );
+            assert_eq!(
+                p.pick_with_room(policy, &s, req(3, 4), |i| i == 0),
+                Pick::Full,
+                "{policy:?}"
+            );
+            let mut drained = s.clone();
+            drained[1].weight = 0;
+            assert_eq!(
+                p.pick_with_room(policy, &drained, req(3, 4), |_| false),
+                Pick::Full,
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_hold_among_the_servers_with_room() {
+        let s = servers(&[1, 2, 3]);
+        let p = Picker::default();
+        let mut counts = [0u32; 3];
+        for _ in 0..400 {
+            match p.pick_with_room(Balance::RoundRobin, &s, req(0, 0), |i| i != 2) {
+                Pick::Server(i) => counts[i] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(counts, [133, 267, 0], "weights 1:2 between the two with room");
+    }
+
+    #[test]
+    fn source_hash_moves_only_the_clients_of_a_full_server() {
+        let s = servers(&[1, 1, 1, 1]);
+        let p = Picker::default();
+        let mut moved = 0;
+        for c in 0..5_000u64 {
+            let free = p.pick(Balance::SourceHash, &s, req(mix(c), 0)).unwrap();
+            let Pick::Server(limited) = p.pick_with_room(Balance::SourceHash, &s, req(mix(c), 0), |i| i != 3) else {
+                panic!("no server for client {c}");
+            };
+            if free != 3 {
+                assert_eq!(limited, free, "client {c} moved off a server with room");
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(moved > 1000, "about a quarter of clients hash to server 3: {moved}");
+    }
+
     #[test]
     fn no_eligible_server_gives_none() {
         let s = servers(&[0, 0]);
@@ -565,3 +721,7 @@ mod tests {
         assert_eq!(Picker::default().pick(Balance::LeastConn, &empty, req(1, 2)), None);
     }
 }
+
+#[cfg(test)]
+#[path = "balance_tests.rs"]
+mod more_tests;

@@ -37,6 +37,10 @@ pub const LOCAL_ERRORS: &str = "gatehouse_local_errors_total";
 pub const LOG_LINES_DROPPED: &str = "gatehouse_log_lines_dropped_total";
 pub const EVENT_LOOP_LAG: &str = "gatehouse_event_loop_lag_seconds";
 pub const EVENT_LOOP_ACCEPTED: &str = "gatehouse_event_loop_accepted_total";
+// Issue 22: per-server limits and the backend's queue.
+pub const QUEUE_LENGTH: &str = "gatehouse_queue_length";
+pub const QUEUE_WAIT: &str = "gatehouse_queue_wait_seconds";
+pub const QUEUE_REFUSED: &str = "gatehouse_queue_refused_total";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -53,7 +57,8 @@ pub fn install() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(CONNECT_DURATION.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HEALTH_CHECK_DURATION.into()), &latency))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &lifetime));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &lifetime))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), &QUEUE_WAIT_BUCKETS));
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 // Only empty bucket lists fail, and ours are literals.
@@ -150,6 +155,19 @@ fn describe() {
         Unit::Seconds,
         "Time spent not accepting because the connection ceiling was reached, in whole seconds."
     );
+    describe_gauge!(
+        QUEUE_LENGTH,
+        "Clients waiting in a backend's queue now, every server that could take them being at its max_connections."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time clients spent in a backend's queue, served or not."
+    );
+    describe_counter!(
+        QUEUE_REFUSED,
+        "Clients closed because every server was at its max_connections, by reason: queue_full (max_queue were waiting), queue_timeout (waited queue_timeout)."
+    );
     describe_counter!(
         LOCAL_ERRORS,
         "Failures of gatehouse itself (out of descriptors, memory, buffers or ports), by operation and reason; never held against a server."
@@ -214,7 +232,10 @@ pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
 #[derive(Clone)]
 pub struct ListenerMetrics {
     pub accepted: Counter,
+    /// No server up: closed without a connect.
     pub rejected_no_server: Counter,
+    /// Every connect tried (`retries`) failed.
+    pub rejected_connect_failed: Counter,
     pub rejected_limit: Counter,
     /// Refused by `allow`/`deny` and by `source_limit`.
     pub rejected_denied: Counter,
@@ -230,6 +251,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
             rejected_no_server: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "no_server"),
+            rejected_connect_failed: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "connect_failed"),
             rejected_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "limit"),
             rejected_denied: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "denied"),
             rejected_source_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "source_limit"),
@@ -246,6 +268,40 @@ impl ListenerMetrics {
     }
 }
 
+/// Counters of one name and set of labels, one per reason, each made when its reason
+/// first happens: a reason that never does has no series (VictoriaMetrics stores every
+/// series on every scrape, and most reasons never happen to most servers). The first
+/// use registers the counter; every later one is an atomic load and add.
+#[derive(Clone)]
+pub struct ReasonCounters<const N: usize> {
+    name: &'static str,
+    labels: Vec<metrics::Label>,
+    reasons: &'static [&'static str; N],
+    made: [OnceLock<Counter>; N],
+}
+
+impl<const N: usize> ReasonCounters<N> {
+    pub fn new(name: &'static str, labels: Vec<metrics::Label>, reasons: &'static [&'static str; N]) -> Self {
+        ReasonCounters {
+            name,
+            labels,
+            reasons,
+            made: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Adds one under reason `index` (of the reasons given to `new`).
+    pub fn increment(&self, index: usize) {
+        let Some(cell) = self.made.get(index) else { return };
+        cell.get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.push(metrics::Label::new("reason", self.reasons[index]));
+            counter!(self.name, labels)
+        })
+        .increment(1);
+    }
+}
+
 /// Handles of one listener × server pair: what a forwarded connection updates.
 #[derive(Clone)]
 pub struct TrafficMetrics {
@@ -253,7 +309,7 @@ pub struct TrafficMetrics {
     pub client_to_server: Counter,
     pub server_to_client: Counter,
     /// Indexed like [`CLOSE_REASONS`].
-    pub closed: [Counter; 9],
+    pub closed: ReasonCounters<9>,
 }
 
 /// Why forwarded connections end: the close log's `end`, with `_` for spaces, in the
@@ -289,8 +345,49 @@ impl TrafficMetrics {
             active: gauge!(CONNECTIONS_ACTIVE, labels(None)),
             client_to_server: counter!(BYTES, labels(Some(("direction", "client_to_server")))),
             server_to_client: counter!(BYTES, labels(Some(("direction", "server_to_client")))),
-            closed: CLOSE_REASONS.map(|r| counter!(CONNECTIONS_CLOSED, labels(Some(("reason", r))))),
+            closed: ReasonCounters::new(CONNECTIONS_CLOSED, labels(None), &CLOSE_REASONS),
         }
+    }
+}
+
+/// Why a client the queue held was closed without a server: the close log's `end`,
+/// with `_` for spaces, in the order of `runtime::Refusal`.
+pub const QUEUE_REASONS: [&str; 2] = ["queue_full", "queue_timeout"];
+
+/// Buckets of [`QUEUE_WAIT`]: a queue timeout is seconds to minutes.
+const QUEUE_WAIT_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Handles of one backend's queue (label backend).
+pub struct QueueMetrics {
+    pub length: Gauge,
+    pub wait: Histogram,
+    /// Indexed like [`QUEUE_REASONS`].
+    pub refused: [Counter; 2],
+}
+
+impl QueueMetrics {
+    pub fn new(backend: &str) -> Self {
+        let b = backend.to_string();
+        QueueMetrics {
+            length: gauge!(QUEUE_LENGTH, "backend" => b.clone()),
+            wait: histogram!(QUEUE_WAIT, "backend" => b.clone()),
+            refused: QUEUE_REASONS.map(|r| counter!(QUEUE_REFUSED, "backend" => b.clone(), "reason" => r)),
+        }
+    }
+}
+
+/// `gatehouse_connections_closed_total` of the clients a backend's queue closed, per
+/// listener × backend: they reached no server, so the series has no `server` label.
+/// Indexed like [`QUEUE_REASONS`].
+pub struct QueueClosed(pub [Counter; 2]);
+
+impl QueueClosed {
+    pub fn new(listener: &str, backend: &str) -> Self {
+        QueueClosed(QUEUE_REASONS.map(|r| {
+            counter!(CONNECTIONS_CLOSED, "listener" => listener.to_string(), "backend" => backend.to_string(), "reason" => r)
+        }))
     }
 }
 
@@ -300,14 +397,17 @@ pub const CONNECT_ERROR_REASONS: [&str; 4] = ["refused", "timeout", "unreachable
 /// The states a server can be in, as `gatehouse_server_state` labels them.
 pub const SERVER_STATES: [&str; 6] = ["up", "down", "drain", "disabled", "unresolved", "starting"];
 
-/// Handles of one server (labels backend, server).
+/// Handles of one server (labels backend, server). Its latency histograms are its
+/// backend's (label backend only): per server they were 34 of a server's 57 series.
 pub struct ServerMetrics {
+    /// The backend's.
     pub connect_duration: Histogram,
     /// Indexed like [`CONNECT_ERROR_REASONS`].
-    pub connect_errors: [Counter; 4],
+    pub connect_errors: ReasonCounters<4>,
     pub up: Gauge,
     /// Indexed like [`SERVER_STATES`].
     pub state: [Gauge; 6],
+    /// The backend's.
     pub check_duration: Histogram,
     backend: String,
     server: String,
@@ -319,13 +419,19 @@ impl ServerMetrics {
     pub fn new(backend: &str, server: &str) -> Self {
         let (b, s) = (backend.to_string(), server.to_string());
         ServerMetrics {
-            connect_duration: histogram!(CONNECT_DURATION, "backend" => b.clone(), "server" => s.clone()),
-            connect_errors: CONNECT_ERROR_REASONS
-                .map(|r| counter!(CONNECT_ERRORS, "backend" => b.clone(), "server" => s.clone(), "reason" => r)),
+            connect_duration: histogram!(CONNECT_DURATION, "backend" => b.clone()),
+            connect_errors: ReasonCounters::new(
+                CONNECT_ERRORS,
+                vec![
+                    metrics::Label::new("backend", b.clone()),
+                    metrics::Label::new("server", s.clone()),
+                ],
+                &CONNECT_ERROR_REASONS,
+            ),
             up: gauge!(SERVER_UP, "backend" => b.clone(), "server" => s.clone()),
             state: SERVER_STATES
                 .map(|st| gauge!(SERVER_STATE, "backend" => b.clone(), "server" => s.clone(), "state" => st)),
-            check_duration: histogram!(HEALTH_CHECK_DURATION, "backend" => b.clone(), "server" => s.clone()),
+            check_duration: histogram!(HEALTH_CHECK_DURATION, "backend" => b.clone()),
             backend: b,
             server: s,
             cert_names: std::sync::Mutex::new(Vec::new()),

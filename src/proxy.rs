@@ -1,6 +1,7 @@
 //! The data path of one client connection, top to bottom:
-//! accept → edge (PROXY header, SNI peek: `edge::inspect`) → pick → connect → forward →
-//! close log and metrics.
+//! accept → edge (PROXY header, SNI peek: `edge::inspect`) → pick (waiting in the
+//! backend's queue when every server is at its limit) → connect → forward → close log
+//! and metrics.
 //!
 //! Everything a connection needs comes from the listener's snapshot, taken once at
 //! accept: a reload during the connection changes nothing for it.
@@ -26,6 +27,7 @@ use crate::edge::proxy_protocol;
 use crate::edge::source_rules::{SourceRules, Verdict};
 use crate::forward::{self, Direction, End, Meter};
 use crate::metrics::TrafficMetrics;
+use crate::metrics::QUEUE_REASONS;
 use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{close_signal, wake_for_close, Backend, Endpoint, Listener, Server};
 
@@ -166,10 +168,10 @@ pub fn serve<P: Send + 'static>(
             return;
         };
         // Used in place, not taken apart or referred to by locals: each would be one
-        // more field in the task.
+        // more field in the task. The server's active count holds the connection from
+        // its pick on (`session.conn.slot`).
         let server = &session.backend.servers[session.conn.server].server;
         server.connections.fetch_add(1, Ordering::Relaxed);
-        let _server_active = Held::new(&server.active);
         let _endpoint_active = Held::new(&session.conn.endpoint.active);
         session.traffic.active.increment(1.0);
 
@@ -199,7 +201,7 @@ pub fn serve<P: Send + 'static>(
         )
         .await;
         session.traffic.active.decrement(1.0);
-        session.traffic.closed[outcome.end.index()].increment(1);
+        session.traffic.closed.increment(outcome.end.index());
 
         let duration = accepted_at.elapsed();
         listener.metrics.duration.record(duration.as_secs_f64());
@@ -244,7 +246,7 @@ struct Session<'a> {
     sni: Option<Box<str>>,
     backend: &'a Backend,
     traffic: &'a TrafficMetrics,
-    conn: connect::Connected,
+    conn: connect::Connected<'a>,
     /// The client's place under its source limit.
     _admitted: Admitted,
 }
@@ -295,29 +297,46 @@ async fn open<'a>(
             .await
             .ok(),
     };
-    let (backend, traffic_by_server) = listener.route(sni.as_deref());
+    let (backend, traffic) = listener.route(sni.as_deref());
     let header = backend
         .config
         .send_proxy
         .map(|v| proxy_header(v, peer, carried_dest.or_else(|| client.local_addr().ok())));
 
-    // Pick and connect, trying other servers after a failure.
+    // Pick and connect, trying other servers after a failure. Where servers have a
+    // limit (max_connections) and all are full, the client waits its turn first.
     let key = connect::client_key(peer);
     // Keepalive and the user timeout come later, if the connection lasts (connect::SETTLE).
     match connect::connect_with(backend, key, None, header.as_deref()).await {
         Ok(conn) => Some(Session {
             sni: sni.map(String::into_boxed_str),
             backend,
-            traffic: &traffic_by_server[conn.server],
+            traffic: &traffic.servers[conn.server],
             conn,
             _admitted: admitted,
         }),
         Err(e) => {
-            listener.metrics.rejected_no_server.increment(1);
-            let why = match &e {
-                NoServer::NoneUp => format!("backend {}: no server is up", backend.name),
-                NoServer::AllFailed { .. } => format!("backend {}: {e}", backend.name),
+            let (counter, why) = match &e {
+                NoServer::NoneUp => (
+                    &listener.metrics.rejected_no_server,
+                    format!("backend {}: no server is up", backend.name),
+                ),
+                NoServer::AllFailed { .. } => (
+                    &listener.metrics.rejected_connect_failed,
+                    format!("backend {}: {e}", backend.name),
+                ),
+                NoServer::QueueFull { .. } | NoServer::QueueTimeout { .. } => {
+                    // The queue closed it: counted and logged as a close, with the
+                    // queue's reason as its end, as for any client that reached a backend.
+                    if let (Some(closed), Some(why)) = (&traffic.queue_closed, connect::refusal_reason(&e)) {
+                        closed.0[why as usize].increment(1);
+                    }
+                    log_queue_close(listener, peer, &backend.name, sni.as_deref(), accepted_at.elapsed(), &e);
+                    close_gently(client);
+                    return None;
+                }
             };
+            counter.increment(1);
             note_rejected(&listener.name, peer, &why);
             None
         }
@@ -328,6 +347,7 @@ async fn open<'a>(
 fn log_close(listener: &Listener, peer: SocketAddr, session: &Session, duration: Duration, outcome: &forward::Outcome) {
     let (backend, conn, sni) = (session.backend, &session.conn, session.sni.as_deref());
     let server = &backend.servers[conn.server].server;
+    let queue_ms = conn.queued_ms.map(|q| u64::from(q.get()));
     tracing::info!(
         target: CLOSE_LOG_TARGET,
         client = %peer,
@@ -341,8 +361,9 @@ fn log_close(listener: &Listener, peer: SocketAddr, session: &Session, duration:
         bytes_in = outcome.client_to_server,
         bytes_out = outcome.server_to_client,
         end = outcome.end.as_str(),
+        queue_ms,
         sni,
-        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}{}",
+        "{peer} {}/{}/{} {}ms {}s in={} out={} {}{}{}{}",
         listener.name,
         backend.name,
         server.name,
@@ -355,11 +376,76 @@ fn log_close(listener: &Listener, peer: SocketAddr, session: &Session, duration:
             0 => String::new(),
             n => format!(" (after {n} failed connect{})", if n == 1 { "" } else { "s" }),
         },
-        match sni {
-            Some(name) => format!(" sni={name}"),
-            None => String::new(),
-        },
+        queued_note(queue_ms),
+        sni_note(sni),
     );
+}
+
+/// The close line of a client the backend's queue closed: no server, no bytes; its end
+/// is the queue's reason (`queue full`, `queue timeout`).
+fn log_queue_close(
+    listener: &Listener,
+    peer: SocketAddr,
+    backend: &str,
+    sni: Option<&str>,
+    duration: Duration,
+    refused: &NoServer,
+) {
+    let why = connect::refusal_reason(refused).map_or(0, |r| r as usize);
+    let end = QUEUE_REASONS[why].replace('_', " ");
+    let queue_ms = match refused {
+        NoServer::QueueTimeout { waited } => Some(waited.as_millis() as u64),
+        _ => None,
+    };
+    tracing::info!(
+        target: CLOSE_LOG_TARGET,
+        client = %peer,
+        listener = %listener.name,
+        backend,
+        duration_ms = duration.as_millis() as u64,
+        bytes_in = 0u64,
+        bytes_out = 0u64,
+        end = end.as_str(),
+        queue_ms,
+        sni,
+        "{peer} {}/{backend}/- -ms {}s in=0 out=0 {end}{}{}",
+        listener.name,
+        duration.as_secs(),
+        queued_note(queue_ms),
+        sni_note(sni),
+    );
+}
+
+/// Closes a client the queue turned away as HAProxy does, with a FIN: the FIN goes
+/// first, then what the client sent while it waited (a ClientHello, a request) is read
+/// and dropped, so that the close is not the reset Linux sends for a socket closed with
+/// bytes unread. At most 64 KiB, without waiting: past that, and for bytes that arrive
+/// after the close, a reset (which the client reads after the FIN).
+fn close_gently(client: &TcpStream) {
+    use std::io::Read;
+    let socket = socket2::SockRef::from(client);
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*socket).read(&mut buf) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
+fn queued_note(queue_ms: Option<u64>) -> String {
+    match queue_ms {
+        Some(ms) => format!(" (queued {ms}ms)"),
+        None => String::new(),
+    }
+}
+
+fn sni_note(sni: Option<&str>) -> String {
+    match sni {
+        Some(name) => format!(" sni={name}"),
+        None => String::new(),
+    }
 }
 
 /// Reads the PROXY header a trusted balancer must send first; anyone else is refused

@@ -6,11 +6,12 @@
 //! health, counters and operator state (drain, disable) carry over when the server
 //! stays in the config with the same address and check. Those few mutable facts are
 //! atomics owned by the server, written by the resolver, the health checker and the
-//! operator, read by the data path without locks.
+//! operator, read by the data path without locks. `queue.rs` holds the places at
+//! servers with a connection limit and the queue of a backend that has such servers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,8 +24,12 @@ use crate::config::{BackendConfig, CheckKind, Config, HealthConfig, Host, Listen
 use crate::edge::admission::Admission;
 use crate::edge::sni::SniRoutes;
 use crate::edge::source_rules::SourceRules;
-use crate::metrics::{ListenerMetrics, ServerMetrics, TrafficMetrics};
+use crate::metrics::{ListenerMetrics, QueueClosed, ServerMetrics, TrafficMetrics};
 use crate::ratelimit::RateLimitedLog;
+
+mod queue;
+
+pub use queue::{servers_changed_signal, Queue, QueueCounts, Refusal, Slot, Ticket};
 
 /// What the operator set for a server at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +203,9 @@ pub struct Server {
     pub metrics: ServerMetrics,
     /// Spreads a server's connections over its endpoints.
     endpoint_picker: Picker,
+    /// Its backend's queue, once the backend has limits: a place given back here wakes
+    /// it, also from connections of a snapshot from before the limits.
+    queue: OnceLock<Arc<Queue>>,
 }
 
 impl Server {
@@ -223,6 +231,7 @@ impl Server {
             live: AtomicBool::new(false),
             metrics: ServerMetrics::new(backend, &config.name),
             endpoint_picker: Picker::default(),
+            queue: OnceLock::new(),
         });
         if let Host::Ip(ip) = config.host {
             s.set_addresses(&[SocketAddr::new(ip, config.port)]);
@@ -310,6 +319,9 @@ impl Server {
     fn refresh_available(&self, reason: Option<&str>, decided_now: bool) {
         let any_up = self.endpoints.load().iter().any(|e| e.is_up());
         let was = self.available.swap(any_up, Ordering::AcqRel);
+        if was != any_up {
+            queue::servers_changed();
+        }
         if (was != any_up || decided_now) && self.decided.load(Ordering::Acquire) {
             let state = if any_up { "UP" } else { "DOWN" };
             let reason = reason.unwrap_or(if any_up { "address resolved" } else { "no address" });
@@ -340,6 +352,7 @@ impl Server {
         tracing::info!(backend = %self.backend, server = %self.name, by = %who,
             "server {} {} (was {})", self.label(), state.as_str(), old.as_str());
         self.publish_state();
+        queue::servers_changed();
         true
     }
 
@@ -407,6 +420,16 @@ impl Server {
         Some(endpoints[i].clone())
     }
 
+    /// Its backend has limits from now on: places given back here wake `queue`.
+    fn join_queue(&self, queue: &Arc<Queue>) {
+        let _ = self.queue.set(queue.clone());
+    }
+
+    /// Its backend's queue, if the backend has (or had) limits.
+    fn queue(&self) -> Option<&Queue> {
+        self.queue.get().map(|q| &**q)
+    }
+
     /// Ramp factor in (0, 1] for slow start: how far into `slow_start` its newest up endpoint is.
     fn ramp(&self, slow_start: Option<Duration>) -> f64 {
         let Some(window) = slow_start else { return 1.0 };
@@ -428,16 +451,37 @@ impl Server {
     }
 }
 
-/// A server as one snapshot's backend lists it: the server plus this config's weight.
+/// A server as one snapshot's backend lists it: the server plus this config's weight
+/// and limit.
 pub struct ServerEntry {
     pub server: Arc<Server>,
     pub weight: u32,
     pub backup: bool,
     pub key: u64,
     slow_start: Option<Duration>,
+    /// Connections it takes at once; `None`: no limit.
+    pub max_connections: Option<u32>,
 }
 
 impl ServerEntry {
+    /// Whether it could take one more connection now (always, without a limit).
+    pub fn has_room(&self) -> bool {
+        self.max_connections
+            .is_none_or(|max| self.server.active.load(Ordering::SeqCst) < max)
+    }
+
+    /// Takes a place here, counted in its active connections until the slot is dropped:
+    /// `None` when it is at its limit.
+    pub fn take_place(&self) -> Option<Slot<'_>> {
+        Slot::reserve(self)
+    }
+
+    /// Takes a place here whatever the limit: a connection made to a server of a
+    /// backend without limits.
+    pub fn occupy(&self) -> Slot<'_> {
+        Slot::occupy(self)
+    }
+
     /// Its configured weight, scaled by slow start.
     fn ramped_weight(&self) -> u32 {
         let w = f64::from(self.weight) * 16.0 * self.server.ramp(self.slow_start);
@@ -474,6 +518,9 @@ pub struct Backend {
     pub config: BackendConfig,
     pub servers: Vec<ServerEntry>,
     pub picker: Picker,
+    /// Where clients wait when every server is at its limit; `None` when no server of
+    /// the backend has one (and had none before a reload).
+    pub queue: Option<Arc<Queue>>,
 }
 
 impl Backend {
@@ -488,8 +535,7 @@ pub struct Listener {
     pub config: ListenerConfig,
     pub backend: Arc<Backend>,
     pub metrics: ListenerMetrics,
-    /// Indexed like `backend.servers`.
-    pub traffic: Vec<TrafficMetrics>,
+    pub traffic: BackendTraffic,
     pub counters: Arc<ListenerCounters>,
     /// `allow`/`deny` and `source_limit`: the first check on every client.
     pub admission: Admission,
@@ -502,14 +548,37 @@ pub struct Listener {
 /// Where an SNI route of a listener goes, with its traffic handles.
 pub struct Route {
     pub backend: Arc<Backend>,
+    pub traffic: BackendTraffic,
+}
+
+/// A listener's metric handles for one backend it sends clients to.
+pub struct BackendTraffic {
     /// Indexed like `backend.servers`.
-    pub traffic: Vec<TrafficMetrics>,
+    pub servers: Vec<TrafficMetrics>,
+    /// Clients its queue closed; `None` for a backend without one.
+    pub queue_closed: Option<QueueClosed>,
+}
+
+impl BackendTraffic {
+    fn new(listener: &str, backend: &Backend) -> Self {
+        BackendTraffic {
+            servers: backend
+                .servers
+                .iter()
+                .map(|s| TrafficMetrics::new(listener, &backend.name, &s.server.name))
+                .collect(),
+            queue_closed: backend
+                .queue
+                .as_ref()
+                .map(|_| QueueClosed::new(listener, &backend.name)),
+        }
+    }
 }
 
 impl Listener {
     /// The backend for a client that asked for `sni` (and its traffic handles): the
     /// matching route's, else the listener's own.
-    pub fn route(&self, sni: Option<&str>) -> (&Arc<Backend>, &[TrafficMetrics]) {
+    pub fn route(&self, sni: Option<&str>) -> (&Arc<Backend>, &BackendTraffic) {
         match sni.and_then(|name| self.routes.route(name)) {
             Some(r) => (&r.backend, &r.traffic),
             None => (&self.backend, &self.traffic),
@@ -520,11 +589,7 @@ impl Listener {
 fn build_routes(lc: &ListenerConfig, backends: &[Arc<Backend>]) -> SniRoutes<Route> {
     let routes = lc.routes.iter().filter_map(|rc| {
         let backend = backends.iter().find(|b| *b.name == *rc.backend)?.clone();
-        let traffic = backend
-            .servers
-            .iter()
-            .map(|s| TrafficMetrics::new(&lc.name, &backend.name, &s.server.name))
-            .collect();
+        let traffic = BackendTraffic::new(&lc.name, &backend);
         Some((rc.sni.clone(), Route { backend, traffic }))
     });
     // Validation checked the patterns; a failure here would be a bug, and costs the
@@ -567,6 +632,14 @@ impl Snapshot {
             .backends
             .iter()
             .map(|bc| {
+                let old_backend = old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name));
+                // The queue outlives a reload, so that places given back by connections of
+                // the old snapshot wake the clients that wait; it is made once a server of
+                // the backend has a limit.
+                let queue = match old_backend.and_then(|b| b.queue.clone()) {
+                    Some(q) => Some(q),
+                    None => bc.limited().then(|| Arc::new(Queue::new(&bc.name))),
+                };
                 let servers = bc
                     .servers
                     .iter()
@@ -593,11 +666,17 @@ impl Snapshot {
                             weight: sc.weight,
                             backup: sc.backup,
                             slow_start: bc.slow_start,
+                            max_connections: sc.max_connections,
                         }
                     })
                     .collect::<Vec<ServerEntry>>();
+                if let Some(q) = &queue {
+                    for e in &servers {
+                        e.server.join_queue(q);
+                    }
+                }
                 // The rotation goes on over the servers that stay, like their health.
-                let picker = match old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name)) {
+                let picker = match old_backend {
                     Some(ob) => {
                         let old_index: Vec<Option<usize>> = servers
                             .iter()
@@ -612,6 +691,7 @@ impl Snapshot {
                     config: bc.clone(),
                     servers,
                     picker,
+                    queue,
                 })
             })
             .collect();
@@ -620,11 +700,7 @@ impl Snapshot {
             .iter()
             .filter_map(|lc| {
                 let backend = backends.iter().find(|b| *b.name == *lc.backend)?.clone();
-                let traffic = backend
-                    .servers
-                    .iter()
-                    .map(|s| TrafficMetrics::new(&lc.name, &backend.name, &s.server.name))
-                    .collect();
+                let traffic = BackendTraffic::new(&lc.name, &backend);
                 let counters = old
                     .and_then(|o| o.listener(&lc.name))
                     .map(|l| l.counters.clone())
@@ -685,50 +761,4 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server(check: CheckKind) -> Arc<Server> {
-        let config = ServerConfig {
-            name: "a".into(),
-            host: Host::Ip([127, 0, 0, 1].into()),
-            port: 6443,
-            weight: 1,
-            backup: false,
-        };
-        let health = HealthConfig {
-            check,
-            ..HealthConfig::default()
-        };
-        Server::new("pool", &config, &health)
-    }
-
-    #[test]
-    fn a_checked_server_is_starting_until_its_first_check_decides() {
-        let s = server(CheckKind::Tcp);
-        assert_eq!(s.state(), ServerState::Starting);
-        assert!(
-            s.accepts_new(),
-            "treated as up until the check decides, as HAProxy does"
-        );
-        assert_eq!(s.last_change().1, "configured", "a state change before any check");
-        s.decided("tcp connect ok");
-        assert_eq!(s.state(), ServerState::Up);
-        assert_eq!(s.last_change().1, "tcp connect ok");
-    }
-
-    #[test]
-    fn a_first_failed_check_takes_a_starting_server_down() {
-        let s = server(CheckKind::Tcp);
-        let e = s.endpoints()[0].clone();
-        assert!(s.set_endpoint_up(&e, false, "connection refused (1/3)"));
-        assert_eq!(s.state(), ServerState::Down);
-        assert_eq!(s.last_change().1, "connection refused (1/3)");
-    }
-
-    #[test]
-    fn without_a_check_a_server_is_up_at_once() {
-        let s = server(CheckKind::None);
-        assert_eq!(s.state(), ServerState::Up);
-    }
-}
+mod tests;

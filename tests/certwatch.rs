@@ -289,8 +289,10 @@ fn each_certificate_is_judged_in_metrics_and_status_and_the_server_stays_up_by_d
         "checked_at stayed at {first} for 5 s with a 200 ms interval"
     );
     assert!(
-        g.log()
-            .contains("certificate of pool/expired for ingress.test is not valid: expired"),
+        g.wait_log(
+            "certificate of pool/expired for ingress.test is not valid: expired",
+            Duration::from_secs(5)
+        ),
         "the log names the bad certificate:\n{}",
         g.log()
     );

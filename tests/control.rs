@@ -3,6 +3,7 @@
 //! should (sd_notify, the watchdog, socket activation). Reloads themselves are in
 //! `tests/reload.rs`.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -197,8 +198,8 @@ fn with_a_token_file_state_changes_need_the_token() {
     assert!(o.status.success(), "status without the token: {}", out(&o));
 }
 
-/// Without a token, "loopback" is all of 127.0.0.0/8, not just 127.0.0.1. That a peer
-/// off loopback is refused (403) can't be shown here: tests only talk on loopback.
+/// Without a token, "loopback" is all of 127.0.0.0/8, not just 127.0.0.1. A peer off
+/// loopback is in `a_peer_off_loopback_…` below, in network namespaces.
 #[test]
 fn without_a_token_file_any_loopback_peer_may_change_state() {
     let a = Backend::echo(any_port());
@@ -230,6 +231,149 @@ fn without_a_token_file_any_loopback_peer_may_change_state() {
         "the change is not logged with its peer {peer}:\n{}",
         g.log()
     );
+}
+
+/// Two network namespaces of this test's own joined by a veth pair: gatehouse's
+/// ("gw", 10.253.0.1) and a client's ("cli", 10.253.0.2), an address off loopback that
+/// exists only there. Deleted when dropped.
+struct OffLoopback {
+    gw: String,
+    cli: String,
+}
+
+const GW_ADDR: &str = "10.253.0.1";
+
+impl OffLoopback {
+    /// None when not root (a skip); namespaces that cannot be made are a failure.
+    fn build() -> Option<OffLoopback> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("gh-adm-{}-{n}", std::process::id());
+        let net = OffLoopback {
+            gw: format!("{prefix}-gw"),
+            cli: format!("{prefix}-cli"),
+        };
+        let setup = || -> Result<(), String> {
+            for ns in [&net.gw, &net.cli] {
+                ip(&["netns", "add", ns])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            ip(&[
+                "-n", &net.gw, "link", "add", "v-gw", "type", "veth", "peer", "name", "v-cli", "netns", &net.cli,
+            ])?;
+            ip(&["-n", &net.gw, "addr", "add", &format!("{GW_ADDR}/30"), "dev", "v-gw"])?;
+            ip(&["-n", &net.cli, "addr", "add", "10.253.0.2/30", "dev", "v-cli"])?;
+            ip(&["-n", &net.gw, "link", "set", "v-gw", "up"])?;
+            ip(&["-n", &net.cli, "link", "set", "v-cli", "up"])
+        };
+        setup().unwrap_or_else(|e| panic!("cannot build the network namespaces: {e}"));
+        Some(net)
+    }
+
+    /// Gatehouse in "gw", its admin listener on every address there, with `admin` lines.
+    fn gatehouse(&self, admin: &str) -> Gatehouse {
+        let config = cfg(
+            &[("front", any_port())],
+            &[server("a", refused_addr())],
+            Some(admin),
+            NO_CHECKS,
+        )
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"", 1);
+        Gatehouse::start_in_netns(&self.gw, &config)
+    }
+
+    /// `method path` to the admin listener, from the client namespace (off loopback) or
+    /// from loopback inside gatehouse's: (status, body).
+    fn ask(
+        &self,
+        g: &Gatehouse,
+        from_outside: bool,
+        method: &'static str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let port = g.admin().port();
+        let (ns, to) = match from_outside {
+            true => (self.cli.clone(), SocketAddr::new(GW_ADDR.parse().unwrap(), port)),
+            false => (self.gw.clone(), SocketAddr::from(([127, 0, 0, 1], port))),
+        };
+        let path = path.to_string();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        in_ns(&ns, move || {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            http(to, method, &path, &headers)
+        })
+    }
+
+    fn state(&self, g: &Gatehouse) -> String {
+        let body = self.ask(g, false, "GET", "/api/v1/status", None).1;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        v["backends"][0]["servers"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for OffLoopback {
+    fn drop(&mut self) {
+        for ns in [&self.gw, &self.cli] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+#[test]
+fn a_peer_off_loopback_may_read_but_not_change_state_without_a_token_file() {
+    let Some(net) = OffLoopback::build() else {
+        skip!("network namespaces need root");
+    };
+    let g = net.gatehouse("");
+    let (code, body) = net.ask(&g, true, "GET", "/api/v1/status", None);
+    assert_eq!(code, 200, "reading from off loopback: {body}");
+    for path in ["/api/v1/servers/pool/a/drain", "/api/v1/reload"] {
+        let (code, body) = net.ask(&g, true, "POST", path, None);
+        assert_eq!(code, 403, "POST {path} from off loopback without a token file: {body}");
+    }
+    assert_eq!(net.state(&g), "up", "a refused request changed state");
+    let (code, body) = net.ask(&g, false, "POST", "/api/v1/servers/pool/a/drain", None);
+    assert_eq!(code, 200, "from loopback: {body}");
+    assert_eq!(net.state(&g), "drain");
+}
+
+#[test]
+fn with_a_token_file_a_peer_off_loopback_changes_state_with_the_token_only() {
+    let Some(net) = OffLoopback::build() else {
+        skip!("network namespaces need root");
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let token_path = secrets.path().join("token");
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token_path, format!("{token}\n")).unwrap();
+    let g = net.gatehouse(&format!("token_file = \"{}\"", token_path.display()));
+    let drain = "/api/v1/servers/pool/a/drain";
+    for (from_outside, given) in [
+        (true, None),
+        (true, Some("fedcba9876543210fedcba9876543210")),
+        (false, None),
+    ] {
+        let (code, body) = net.ask(&g, from_outside, "POST", drain, given);
+        assert_eq!(
+            code, 401,
+            "drain (off loopback: {from_outside}) with token {given:?}: {body}"
+        );
+    }
+    assert_eq!(net.state(&g), "up", "a refused request changed state");
+    let (code, body) = net.ask(&g, true, "POST", drain, Some(token));
+    assert_eq!(code, 200, "drain from off loopback with the token: {body}");
+    assert_eq!(net.state(&g), "drain");
+    let (code, body) = net.ask(&g, true, "POST", "/api/v1/servers/pool/a/enable", Some(token));
+    assert_eq!(code, 200, "enable from off loopback with the token: {body}");
+    assert_eq!(net.state(&g), "up");
 }
 
 // ---------------------------------------------------------------------------------

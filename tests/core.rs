@@ -374,40 +374,66 @@ fn retries_past_a_refusing_server_without_client_errors() {
     );
 }
 
-fn all_servers_down_fails_fast(health: &str) {
+/// `gatehouse_connections_rejected_total{listener="front",reason}`.
+fn rejected(g: &Gatehouse, reason: &str) -> f64 {
+    metric(
+        g.admin(),
+        "gatehouse_connections_rejected_total",
+        &[("listener", "front"), ("reason", reason)],
+    )
+}
+
+#[test]
+fn every_connect_failing_closes_the_client_at_once_counted_as_connect_failed() {
+    // No check: both servers count as up, and both refuse. The client is closed once
+    // each was tried, and counted apart from "no server up".
     let cfg = config(
         &[server("x", refused_addr()), server("y", refused_addr())],
-        &format!("health = {{ check = \"{health}\" }}"),
+        "health = { check = \"none\" }",
         "connect_timeout = \"10s\"",
     );
     let g = Gatehouse::start(&cfg);
     let mut client = connect(g.addr("front"));
-    // Bounded well within the 10 s connect timeout.
-    let closed = wait_closed(&mut client, Duration::from_secs(5));
-    let (how, took) = closed.unwrap_or_else(|e| panic!("health {health}: a client with no server up is {e}"));
-    let rejected = |g: &Gatehouse| {
-        metric(
-            g.admin(),
-            "gatehouse_connections_rejected_total",
-            &[("listener", "front"), ("reason", "no_server")],
-        )
-    };
+    let (how, took) = wait_closed(&mut client, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("a client whose every connect failed is {e}"));
     assert!(
-        wait_until(Duration::from_secs(5), || rejected(&g) == 1.0),
-        "health {health}: rejected no_server = {} after one client ({how} after {took:?})",
-        rejected(&g)
+        wait_until(Duration::from_secs(5), || rejected(&g, "connect_failed") == 1.0),
+        "rejected connect_failed = {} after one client ({how} after {took:?})",
+        rejected(&g, "connect_failed")
     );
-    eprintln!("health {health}: client {how} after {took:?}");
-}
-
-#[test]
-fn all_servers_down_closes_clients_at_once_without_checks() {
-    all_servers_down_fails_fast("none");
+    assert_eq!(rejected(&g, "no_server"), 0.0, "servers were up: not no_server");
+    let tried = metric(g.admin(), "gatehouse_connect_errors_total", &[("reason", "refused")]);
+    assert_eq!(tried, 2.0, "both servers tried, once each");
+    eprintln!("every connect failed: client {how} after {took:?}");
 }
 
 #[test]
 fn all_servers_down_closes_clients_at_once_with_tcp_checks() {
-    all_servers_down_fails_fast("tcp");
+    // Down by their checks (on another port), their traffic ports accepting and silent:
+    // a connect to either would hang the client for all to see.
+    let (servers, check_port) = checks::Checked::sick_servers(2, |_, addr| Backend::silent(addr));
+    let cfg = config(
+        &[server("x", servers[0].addr()), server("y", servers[1].addr())],
+        &checks::check_on(check_port, r#"interval = "200ms", timeout = "300ms""#),
+        "connect_timeout = \"10s\"",
+    );
+    let g = Gatehouse::start(&cfg);
+    let mut client = connect(g.addr("front"));
+    let (how, took) = wait_closed(&mut client, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("a client with no server up is {e}"));
+    assert!(took < Duration::from_secs(1), "closed {how} only after {took:?}");
+    assert_eq!(
+        servers.iter().map(|s| s.traffic.accepted()).sum::<usize>(),
+        0,
+        "a server that is down was connected to"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || rejected(&g, "no_server") == 1.0),
+        "rejected no_server = {} after one client ({how} after {took:?})",
+        rejected(&g, "no_server")
+    );
+    assert_eq!(rejected(&g, "connect_failed"), 0.0, "no connect was tried");
+    eprintln!("all servers down: client {how} after {took:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -489,11 +515,11 @@ fn drain_timeout_closes_lingering_connections_and_exits_zero() {
 // Config errors and the command line
 
 fn run_bin(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {BIN}: {e}"))
+    output_within(
+        Command::new(BIN).args(args).stdin(Stdio::null()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("run {BIN}: {e}"))
 }
 
 fn text(out: &Output) -> String {

@@ -6,12 +6,12 @@
 //! intervals (+10 %) plus the check timeout, plus a fixed slack for scheduling on a busy
 //! machine and for the test's polling of the status API. Measured figures are printed.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -72,7 +72,13 @@ health = { check = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall 
     killed.send(()).unwrap();
     let marked = wait_state(admin, "b", "down", Duration::from_secs(10));
     let detection = killed_at.elapsed();
+    // Once b is down it is not picked: a pick of it would be refused and retried
+    // elsewhere, unseen by the client, but counted. The clients go one at a time, so
+    // at most one connect to b can have been under way when it was marked.
+    let b_errors = || metric(admin, "gatehouse_connect_errors_total", &[("server", "b")]);
+    let errors_at_mark = b_errors();
     let (failures, seen, after_kill) = traffic.join().unwrap();
+    let errors_after_mark = b_errors() - errors_at_mark;
     let detection_bound = bound(2, interval, timeout);
     let doc = server_doc(admin, "b");
     assert!(
@@ -102,7 +108,11 @@ health = { check = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall 
         None,
         "no client reached b after its kill: {after_kill:?}"
     );
-    println!(
+    assert!(
+        errors_after_mark <= 1.0,
+        "b was still picked after it was marked down: {errors_after_mark} more connects to it failed ({errors_at_mark} before)"
+    );
+    figure!(
         "failover under traffic: {CLIENTS} clients, server killed at client {KILL_AT}: {} failed connections, detection {} ms (bound {} ms; reason {:?}); spread {seen:?}",
         failures.len(),
         ms(detection),
@@ -152,7 +162,7 @@ connect_timeout = "300ms""#,
         "log:\n{}",
         g.log()
     );
-    println!(
+    figure!(
         "silent server: 20 clients served by the other server in {} ms, silent one down: {reason:?}",
         ms(took)
     );
@@ -240,13 +250,11 @@ fn silent_server_in_a_dropping_network_namespace_is_marked_down_by_traffic() {
     if unsafe { libc::geteuid() } != 0 {
         skip!("needs root to create a network namespace and a veth pair");
     }
-    if Command::new("ip").arg("-V").output().is_err() {
+    if !have("ip") {
         skip!("needs the `ip` tool (iproute2)");
     }
-    let ns = match DropNamespace::create() {
-        Ok(ns) => ns,
-        Err(e) => skip!("cannot set up a network namespace here: {e}"),
-    };
+    // As root with `ip`, a namespace that cannot be made is a broken setup: a failure.
+    let ns = DropNamespace::create().unwrap_or_else(|e| panic!("cannot set up a network namespace: {e}"));
     let silent = SocketAddr::new(IpAddr::V4(ns.addr), 6443);
     match TcpStream::connect_timeout(&silent, Duration::from_millis(300)) {
         Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
@@ -261,18 +269,26 @@ fn silent_server_in_a_dropping_network_namespace_is_marked_down_by_traffic() {
 
 #[test]
 fn backup_takes_over_only_when_all_primaries_are_down_and_hands_back() {
-    let p1 = Backend::named(on_fresh_ip(), "p1");
-    let p2 = Backend::named(on_fresh_ip(), "p2");
-    let spare = Backend::named(on_fresh_ip(), "spare");
-    let p1_addr = p1.addr;
+    // Down by their check while their traffic ports still accept and greet: a client
+    // sent to a down primary would say so (a killed one would be retried unseen).
+    let called = ["p1", "p2", "spare"];
+    let (mut servers, check_port) = Checked::servers(3, |i, addr| Backend::named(addr, called[i]));
     let g = Gatehouse::start(&config(
         &[
-            server("p1", p1.addr),
-            server("p2", p2.addr),
-            format!(r#"{{ name = "spare", address = "{}", backup = true }}"#, spare.addr),
+            server("p1", servers[0].addr()),
+            server("p2", servers[1].addr()),
+            format!(
+                r#"{{ name = "spare", address = "{}", backup = true }}"#,
+                servers[2].addr()
+            ),
         ],
-        r#"retries = 2
-health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall = 1 }"#,
+        &format!(
+            "retries = 2\n{}",
+            check_on(
+                check_port,
+                r#"interval = "200ms", timeout = "300ms", rise = 1, fall = 1"#
+            )
+        ),
         "",
     ));
     let (admin, front) = (g.admin(), g.addr("front"));
@@ -282,16 +298,16 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall 
     assert_eq!(all_up.len(), 2, "both primaries, no backup: {all_up:?}");
     assert!(!all_up.contains_key("spare"), "{all_up:?}");
 
-    p1.kill();
+    servers[0].sicken();
     assert!(wait_state(admin, "p1", "down", wait).is_some());
     let one_up = names(front, 12);
     assert_eq!(
         one_up.get("p2"),
         Some(&12),
-        "one primary left takes all, not the backup: {one_up:?}"
+        "one primary left takes all, not the backup nor the down one: {one_up:?}"
     );
 
-    p2.kill();
+    servers[1].sicken();
     assert!(wait_state(admin, "p2", "down", wait).is_some());
     let none_up = names(front, 12);
     assert_eq!(
@@ -300,7 +316,7 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall 
         "all primaries down: the backup: {none_up:?}"
     );
 
-    let _p1 = Backend::named(p1_addr, "p1");
+    servers[0].heal();
     assert!(wait_state(admin, "p1", "up", wait).is_some());
     let back = names(front, 12);
     assert_eq!(
@@ -438,20 +454,29 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 1, fall 
 // 6. All servers down
 // ---------------------------------------------------------------------------
 
-fn rejected_no_server(admin: SocketAddr) -> u64 {
-    let (_, body) = http(admin, "GET", "/metrics", &[]);
-    body.lines()
-        .filter(|l| l.starts_with("gatehouse_connections_rejected_total{") && l.contains(r#"reason="no_server""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+fn rejected(admin: SocketAddr, reason: &str) -> u64 {
+    metric(
+        admin,
+        "gatehouse_connections_rejected_total",
+        &[("listener", "front"), ("reason", reason)],
+    ) as u64
 }
 
 #[test]
 fn all_servers_down_closes_new_clients_at_once_with_a_rate_limited_log() {
+    // Down by its check, its traffic port accepting and silent: a client sent to it
+    // anyway would hang (a refusing server would cost nothing and prove nothing).
+    let (servers, check_port) = Checked::sick_servers(1, |_, addr| Backend::silent(addr));
+    let gone = &servers[0];
     let g = Gatehouse::start(&config(
-        &[server("gone", refused_addr())],
-        r#"connect_timeout = "3s"
-health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 2, fall = 2 }"#,
+        &[server("gone", gone.addr())],
+        &format!(
+            "connect_timeout = \"3s\"\n{}",
+            check_on(
+                check_port,
+                r#"interval = "200ms", timeout = "300ms", rise = 2, fall = 2"#
+            )
+        ),
         "",
     ));
     let (admin, front) = (g.admin(), g.addr("front"));
@@ -462,6 +487,7 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 2, fall 
     for i in 0..CLIENTS {
         let t = Instant::now();
         let mut s = connect(front);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0u8; 16];
         let r = s.read(&mut buf);
         slowest = slowest.max(t.elapsed());
@@ -471,16 +497,23 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 2, fall 
         );
     }
     let span = started.elapsed();
+    assert_eq!(
+        gone.traffic.accepted(),
+        0,
+        "a client was sent to the server that is down"
+    );
     assert!(
-        slowest < Duration::from_secs(3),
-        "closed without waiting for a connect (connect_timeout 3s): slowest {} ms",
+        slowest < Duration::from_secs(1),
+        "closed without trying a server: slowest {} ms",
         ms(slowest)
     );
-    let counted = wait_until(Duration::from_secs(5), || rejected_no_server(admin) >= CLIENTS as u64);
-    let rejected = rejected_no_server(admin);
+    let counted = wait_until(Duration::from_secs(5), || {
+        rejected(admin, "no_server") >= CLIENTS as u64
+    });
+    let (no_server, connect_failed) = (rejected(admin, "no_server"), rejected(admin, "connect_failed"));
     assert!(
-        counted && rejected == CLIENTS as u64,
-        "rejected no_server = {rejected}, want {CLIENTS}"
+        counted && no_server == CLIENTS as u64 && connect_failed == 0,
+        "rejected no_server = {no_server}, connect_failed = {connect_failed}; want {CLIENTS} and 0"
     );
     assert!(g.wait_log("client rejected", Duration::from_secs(5)));
     let lines = g.log().lines().filter(|l| l.contains("client rejected")).count();
@@ -491,8 +524,8 @@ health = { check = "tcp", interval = "200ms", timeout = "300ms", rise = 2, fall 
         "{lines} \"client rejected\" lines for {CLIENTS} clients in {} ms (allowed {allowed})",
         ms(span)
     );
-    println!(
-        "all servers down: {CLIENTS} clients closed in {} ms (slowest {} ms), {rejected} counted, {lines} log line(s)",
+    figure!(
+        "all servers down: {CLIENTS} clients closed in {} ms (slowest {} ms), {no_server} counted as no_server, {lines} log line(s)",
         ms(span),
         ms(slowest)
     );

@@ -1,6 +1,7 @@
 //! Forwarding through the real binary: bytes in equal bytes out, both ways at once,
 //! half-close carried through, resets carried as resets — with splice and with copy.
 
+#[macro_use]
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -34,6 +35,8 @@ fn gatehouse_to(backend: std::net::SocketAddr, forwarding: &str) -> Gatehouse {
 fn large_payload_round_trips_intact(forwarding: &str) {
     let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
     let g = gatehouse_to(echo.addr, forwarding);
+    // Pipes gatehouse did not make (inherited, e.g. cargo's jobserver) are not counted.
+    let inherited = sockets::pipes(g.pid());
     let payload = random_bytes(32 * 1024 * 1024, 7);
     let mut client = connect(g.addr("front"));
     let mut reader = client.try_clone().unwrap();
@@ -54,6 +57,16 @@ fn large_payload_round_trips_intact(forwarding: &str) {
         payload.len()
     );
     assert!(got == payload, "echoed bytes differ from the bytes sent");
+    // Splice's pipes stay pooled after the burst: a bulk transfer that took none was
+    // copied, whatever the setting said.
+    let pipes = sockets::pipes(g.pid()).difference(&inherited).count();
+    match forwarding {
+        "splice" => assert!(
+            pipes > 0,
+            "32 MiB each way with splice, and gatehouse made no pipe: it copied"
+        ),
+        _ => assert_eq!(pipes, 0, "forwarding = {forwarding:?} made pipes"),
+    }
     let (_, log) = g.stop(Duration::from_secs(10));
     assert!(
         log.contains(&format!("in={} out={}", payload.len(), payload.len())),
@@ -69,6 +82,87 @@ fn a_large_payload_round_trips_intact_with_splice() {
 #[test]
 fn a_large_payload_round_trips_intact_with_copy() {
     large_payload_round_trips_intact("copy");
+}
+
+/// The pipe budget gatehouse logged at start (`max_pipes=N`).
+fn max_pipes(g: &Gatehouse) -> usize {
+    assert!(g.wait_log("max_pipes=", Duration::from_secs(5)), "{}", g.log());
+    let log = g.log();
+    let at = log.find("max_pipes=").unwrap() + "max_pipes=".len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<usize>().unwrap().max(1)
+}
+
+/// Reads the rest of the stream a flooding server sends and says whether it is `want`.
+fn read_flood(s: &mut std::net::TcpStream, want: &[u8]) -> Result<(), String> {
+    let mut got = Vec::with_capacity(want.len());
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.read_to_end(&mut got)
+        .map_err(|e| format!("after {} bytes: {e}", got.len()))?;
+    match got == want {
+        true => Ok(()),
+        false => Err(format!(
+            "{} bytes arrived, not the {} sent, or others",
+            got.len(),
+            want.len()
+        )),
+    }
+}
+
+#[test]
+fn past_the_pipe_budget_bulk_is_copied_and_arrives_intact() {
+    // With few descriptors the pipe budget is a few pipes. Clients that do not read
+    // while their server floods them each hold a pipe full of bytes; one more flood
+    // finds no pipe to take and must be copied, and arrive whole, as must theirs.
+    const FLOOD: usize = 48 * 1024 * 1024;
+    const HEAD: usize = 1024 * 1024;
+    let flood = std::sync::Arc::new(random_bytes(FLOOD, 5));
+    let data = flood.clone();
+    let flooder = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
+        if s.write_all(&data).is_ok() {
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    });
+    let g = Gatehouse::start_with_nofile(
+        &config(&[server("only", flooder.addr)], "health = { check = \"none\" }", ""),
+        128,
+    );
+    let (front, pid) = (g.addr("front"), g.pid());
+    let budget = max_pipes(&g);
+    // Pipes gatehouse did not make (inherited, e.g. cargo's jobserver) are not counted.
+    let inherited = sockets::pipes(pid);
+    let made = || sockets::pipes(pid).difference(&inherited).count();
+    // Stalled floods until the budget is spent: a flood takes its pipe once a read
+    // fills its buffer (bulk), which one stalled early may never reach.
+    let mut stuck = Vec::new();
+    while made() < budget && stuck.len() < 4 * budget {
+        // Read the first MiB (the window grows, the flood turns bulk), then stall.
+        let mut s = connect(front);
+        let mut head = vec![0u8; HEAD];
+        s.read_exact(&mut head).expect("the flood's first MiB");
+        assert!(head == flood[..HEAD], "the flood's first MiB differs");
+        stuck.push(s);
+        wait_until(Duration::from_secs(2), || made() >= budget.min(stuck.len()));
+    }
+    assert_eq!(
+        made(),
+        budget,
+        "{} stalled floods hold {} pipes; the budget is {budget}",
+        stuck.len(),
+        made()
+    );
+    let mut past = connect(front);
+    read_flood(&mut past, &flood).unwrap_or_else(|e| panic!("the flood past the budget: {e}"));
+    let pipes = made();
+    for (i, s) in stuck.iter_mut().enumerate() {
+        read_flood(s, &flood[HEAD..]).unwrap_or_else(|e| panic!("stalled flood {i}: {e}"));
+    }
+    figure!(
+        "pipe budget {budget}: {} stalled floods held it, one more of {FLOOD} bytes was copied intact",
+        stuck.len()
+    );
+    assert_eq!(pipes, budget, "a pipe was made past the budget of {budget}");
 }
 
 #[test]
@@ -283,17 +377,22 @@ fn a_client_reset_reaches_the_server_as_a_reset_with_copy() {
 }
 
 fn client_reset_reaches_the_server_as_a_reset(forwarding: &str) {
+    let (got_ping, ping_seen) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
     let backend = Backend::serve("127.0.0.1:0".parse().unwrap(), move |mut s| {
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf);
+        let _ = got_ping.send(());
         let r = s.read(&mut buf);
         tx.send(r.map_err(|e| e.kind())).unwrap();
     });
     let g = gatehouse_to(backend.addr, forwarding);
     let mut client = connect(g.addr("front"));
     client.write_all(b"ping").unwrap();
-    thread::sleep(Duration::from_millis(100));
+    // The reset must find the connection through to the server.
+    ping_seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server got the ping");
     socket2::SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
@@ -327,6 +426,12 @@ fn an_idle_connection_is_closed_after_idle_timeout() {
         "connection still open: {r:?}"
     );
     let waited = started.elapsed();
+    // Not before the timeout (counted from the echo, which left gatehouse just before
+    // it reached us), and not long after it.
+    assert!(
+        waited >= Duration::from_millis(290),
+        "closed {waited:?} after the last byte, before idle_timeout (300ms)"
+    );
     assert!(waited < Duration::from_secs(5), "closed only after {waited:?}");
     assert!(g.wait_log("idle timeout", Duration::from_secs(5)), "{}", g.log());
 }
@@ -365,54 +470,91 @@ fn idle_connections_hold_no_pipes() {
     drop(clients);
 }
 
-#[test]
-fn both_sides_of_a_connection_have_tcp_keepalive() {
-    // A dead peer of a long-idle watch must be found: gatehouse's socket towards the
-    // client (inherited from the listener) and towards the server both run keepalive.
-    if std::process::Command::new("ss").arg("-V").output().is_err() {
-        skip!("`ss` (iproute2) is not installed");
-    }
+/// A client through a gatehouse of `defaults` and `backend` lines (no checks) to an
+/// echo server, a round trip made; then the options on gatehouse's two sockets of it,
+/// the server side once it has its options (`connect::SETTLE` after the connect; `settled`
+/// says when, as a settled socket shows it).
+fn socket_options(
+    defaults: &str,
+    backend: &str,
+    settled: impl Fn(&sockets::TcpOptions) -> bool,
+) -> (sockets::TcpOptions, sockets::TcpOptions) {
     let echo = Backend::echo("127.0.0.1:0".parse().unwrap());
     let g = Gatehouse::start(&config(
         &[server("only", echo.addr)],
-        "health = { check = \"none\" }",
-        "keepalive = \"30s\"",
+        &format!("health = {{ check = \"none\" }}\n{backend}"),
+        defaults,
     ));
     let front = g.addr("front");
     let mut client = connect(front);
     client.write_all(b"k").unwrap();
     let mut b = [0u8; 1];
     client.read_exact(&mut b).unwrap();
-    let client_side = client.local_addr().unwrap();
-    let ss = |filter: String| {
-        let out = std::process::Command::new("ss")
-            .args(["-tnoH", "state", "established"])
-            .arg(filter)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     // gatehouse's end of the client connection: local = the listener, peer = our client.
-    let towards_client = ss(format!(
-        "( sport = :{} and dport = :{} )",
-        front.port(),
-        client_side.port()
-    ));
-    assert!(
-        towards_client.contains("timer:(keepalive"),
-        "client side lacks keepalive: {towards_client:?}"
-    );
-    // gatehouse's end of the server connection: peer = the echo server. It gets its
-    // keepalive once it has lasted a moment (connect::SETTLE, 250 ms): poll for it.
-    let started = std::time::Instant::now();
-    let mut towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
-    while !towards_server.contains("timer:(keepalive") && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-        towards_server = ss(format!("( dport = :{} )", echo.addr.port()));
+    let towards_client = sockets::options_of(g.pid(), front, client.local_addr().unwrap())
+        .expect("gatehouse holds the client's connection");
+    let mut towards_server = None;
+    let ok = wait_until(Duration::from_secs(5), || {
+        towards_server = sockets::options_towards(g.pid(), echo.addr);
+        towards_server.as_ref().is_some_and(&settled)
+    });
+    assert!(ok, "the server side never settled: {towards_server:?}");
+    // Read again: what `settled` saw may be the first of its options, set a moment before the rest.
+    let towards_server =
+        sockets::options_towards(g.pid(), echo.addr).expect("gatehouse holds a connection to the server");
+    drop(client);
+    (towards_client, towards_server)
+}
+
+#[test]
+fn both_sides_of_a_connection_have_tcp_keepalive() {
+    // A dead peer of a long-idle watch must be found: gatehouse's socket towards the
+    // client (inherited from the listener) and towards the server both run keepalive,
+    // probing after `keepalive` of silence (not the kernel's 2 hours), every 10 s, 6 times.
+    let (client, server) = socket_options("keepalive = \"30s\"", "", |o| o.keepalive);
+    for (side, o) in [("client", client), ("server", server)] {
+        assert!(o.keepalive, "{side} side lacks SO_KEEPALIVE: {o:?}");
+        assert_eq!(o.idle, Duration::from_secs(30), "{side} side TCP_KEEPIDLE: {o:?}");
+        assert_eq!(o.interval, Duration::from_secs(10), "{side} side TCP_KEEPINTVL: {o:?}");
+        assert_eq!(o.probes, 6, "{side} side TCP_KEEPCNT: {o:?}");
     }
-    assert!(
-        towards_server.contains("timer:(keepalive"),
-        "server side lacks keepalive {:?} after the first round trip: {towards_server:?}",
-        started.elapsed()
+}
+
+#[test]
+fn keepalive_off_leaves_both_sides_without_keepalive() {
+    // The server side's options come together once it lasts; its user timeout says when.
+    let (client, server) = socket_options("keepalive = \"off\"\nuser_timeout = \"7s\"", "", |o| {
+        o.user_timeout.is_some()
+    });
+    for (side, o) in [("client", client), ("server", server)] {
+        assert!(
+            !o.keepalive,
+            "{side} side has keepalive with keepalive = \"off\": {o:?}"
+        );
+        assert_eq!(o.user_timeout, Some(Duration::from_secs(7)), "{side} side: {o:?}");
+    }
+}
+
+#[test]
+fn user_timeout_off_leaves_both_sides_without_one() {
+    let (client, server) = socket_options("keepalive = \"20s\"\nuser_timeout = \"off\"", "", |o| o.keepalive);
+    for (side, o) in [("client", client), ("server", server)] {
+        assert_eq!(o.user_timeout, None, "{side} side has TCP_USER_TIMEOUT: {o:?}");
+        assert_eq!(o.idle, Duration::from_secs(20), "{side} side TCP_KEEPIDLE: {o:?}");
+    }
+}
+
+#[test]
+fn a_backend_s_user_timeout_applies_to_its_server_side_only() {
+    let (client, server) = socket_options("user_timeout = \"30s\"", "user_timeout = \"4s\"", |o| o.keepalive);
+    assert_eq!(
+        server.user_timeout,
+        Some(Duration::from_secs(4)),
+        "server side: the backend's user_timeout: {server:?}"
+    );
+    assert_eq!(
+        client.user_timeout,
+        Some(Duration::from_secs(30)),
+        "client side: the default's: {client:?}"
     );
 }

@@ -7,6 +7,7 @@
 //! intervals (+10 %) plus the check timeout, plus a fixed slack for scheduling on a busy
 //! machine and for the test's polling of the status API. Measured figures are printed.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -300,8 +301,10 @@ fn https_readyz_check_follows_a_server_flipping_between_200_and_500() {
         "down reason {reason:?}: {doc:#}"
     );
     assert!(
-        g.log()
-            .contains("server pool/api DOWN: https /readyz returned 500 (2/2)"),
+        g.wait_log(
+            "server pool/api DOWN: https /readyz returned 500; failing: etcd (2/2)",
+            Duration::from_secs(5)
+        ),
         "log of the transition:\n{}",
         g.log()
     );
@@ -323,7 +326,7 @@ fn https_readyz_check_follows_a_server_flipping_between_200_and_500() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.contains("returned 200 (2/2)"), "up reason {reason:?}");
-    println!(
+    figure!(
         "https /readyz (interval 200ms, timeout 500ms, rise 2, fall 2): down after {down_ms} ms (bound {} ms), up after {up_ms} ms (bound {} ms)",
         ms(down_bound),
         ms(up_bound)
@@ -445,4 +448,60 @@ fn http_check_wants_a_listed_status_and_the_body_string() {
         assert!(reason.contains(why), "{name}: reason {reason:?} lacks {why:?}");
         assert!(result.contains(why), "{name}: last result {result:?} lacks {why:?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// What a verdict does
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_server_down_by_its_check_gets_no_new_client_though_it_still_accepts() {
+    // An API server whose /readyz fails still accepts TCP. Its check (on another port)
+    // fails; its traffic port accepts and greets "sick". Under every policy, new clients
+    // (from many addresses, for source-hash) must all reach "well".
+    let called = ["sick", "well"];
+    let (mut servers, port) = Checked::servers(2, |i, addr| Backend::named(addr, called[i]));
+    let policies = ["round-robin", "least-conn", "random-two", "source-hash"];
+    let mut text = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for p in policies {
+        text += &format!(
+            "[[listener]]\nname = \"{p}\"\nbind = \"{}:0\"\nbackend = \"{p}\"\n\
+             [backend.{p}]\nbalance = \"{p}\"\nservers = [{}, {}]\n{}\n",
+            fresh_ip(),
+            server("sick", servers[0].addr()),
+            server("well", servers[1].addr()),
+            check_on(port, r#"interval = "200ms", timeout = "300ms", rise = 1, fall = 1"#),
+        );
+    }
+    let g = Gatehouse::start(&text);
+    let admin = g.admin();
+    for p in policies {
+        assert_eq!(server_state(admin, p, "sick"), "up", "{p}: up before its check fails");
+    }
+    servers[0].sicken();
+    for p in policies {
+        assert!(
+            wait_until(Duration::from_secs(10), || server_state(admin, p, "sick") == "down"),
+            "{p}: sick never marked down"
+        );
+    }
+    let before = servers[0].traffic.accepted();
+    for p in policies {
+        let front = g.addr(p);
+        let landed: Vec<String> = (0..20u8)
+            .map(|i| {
+                let mut s = connect_from([127, 9, 6, 2 + i].into(), front);
+                read_line(&mut s).unwrap_or_else(|e| format!("no greeting: {e}"))
+            })
+            .collect();
+        assert!(
+            landed.iter().all(|n| n == "well"),
+            "{p}: with sick down by its check, new clients landed on {landed:?}"
+        );
+    }
+    assert_eq!(
+        servers[0].traffic.accepted(),
+        before,
+        "the server down by its check was connected to"
+    );
 }

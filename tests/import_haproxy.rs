@@ -8,38 +8,24 @@
 //! Needs `haproxy` (Debian's package; `.ci/run` installs it), and `openssl` for the SNI
 //! case; says SKIPPED without them.
 //! HAProxy cannot bind port 0, so each bind gets a fresh 127.x address and a port read
-//! back from a socket bound there first. Readiness and server state are polled with
-//! deadlines: HAProxy's by connecting and by its "is DOWN" warnings on stderr,
-//! gatehouse's by sd_notify and the admin API.
+//! back from a socket bound there first (`common::haproxy`). Readiness and server state
+//! are polled with deadlines: HAProxy's by its listening sockets and its "is DOWN"
+//! warnings on stderr, gatehouse's by sd_notify and the admin API.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::haproxy::{available as haproxy_available, free_addr, Haproxy};
 use common::*;
 
 fn corpus(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn haproxy_available() -> bool {
-    Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A fresh loopback address with a port nobody holds.
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind((fresh_ip(), 0)).expect("bind a fresh loopback address");
-    l.local_addr().unwrap()
 }
 
 /// The loopback servers of a corpus file: one named backend per `server` line.
@@ -110,76 +96,6 @@ fn localize(cfg: &str, servers: &Servers, replace: &[(&str, &str)]) -> (String, 
     (out, binds)
 }
 
-/// Whether a socket listens on `addr` (IPv4), from /proc/net/tcp.
-fn listening(addr: SocketAddr) -> bool {
-    let SocketAddr::V4(a) = addr else { return false };
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port());
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
-        t.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == want && f[3] == "0A"
-        })
-    })
-}
-
-/// A running HAProxy (`haproxy -db`), its warnings captured.
-struct Haproxy {
-    child: Child,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(cfg: &str, binds: &HashMap<String, SocketAddr>) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let stderr = dir.path().join("stderr");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("run haproxy");
-        let h = Haproxy {
-            child,
-            stderr,
-            _dir: dir,
-        };
-        // Not by connecting: a probe would take a turn of the balancer.
-        for addr in binds.values() {
-            let up = wait_until(Duration::from_secs(10), || listening(*addr));
-            assert!(up, "haproxy did not listen on {addr} within 10 s:\n{}", h.log());
-        }
-        h
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits (bounded) for HAProxy to say that `section/server` is down.
-    fn wait_down(&self, section: &str, server: &str) {
-        let needle = format!("Server {section}/{server} is DOWN");
-        let down = wait_until(Duration::from_secs(10), || self.log().contains(&needle));
-        assert!(
-            down,
-            "haproxy did not mark {section}/{server} down within 10 s:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Imports `cfg` with the real binary; adds an admin listener to watch server states.
 fn import(cfg: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +124,8 @@ impl Pair {
         let (h_cfg, haproxy_binds) = localize(cfg, servers, replace);
         let (g_cfg, _) = localize(cfg, servers, replace);
         let gatehouse = Gatehouse::start(&import(&g_cfg));
-        let haproxy = Haproxy::start(&h_cfg, &haproxy_binds);
+        let binds: Vec<SocketAddr> = haproxy_binds.values().copied().collect();
+        let haproxy = Haproxy::start(&h_cfg, &binds);
         Pair {
             haproxy,
             haproxy_binds,
@@ -227,7 +144,7 @@ impl Pair {
     /// Waits until both say `section/server` is down; prints how long each took.
     fn wait_down(&self, section: &str, server: &str) {
         let start = std::time::Instant::now();
-        self.haproxy.wait_down(section, server);
+        haproxy_wait_down(&self.haproxy, section, server);
         let haproxy = start.elapsed();
         let admin = self.gatehouse.admin();
         let down = wait_until(Duration::from_secs(10), || {
@@ -237,6 +154,17 @@ impl Pair {
         assert!(down, "gatehouse did not mark {section}/{server} down within 10 s");
         eprintln!("{section}/{server} marked down after: haproxy {haproxy:?}, gatehouse by {gatehouse:?}");
     }
+}
+
+/// Waits (bounded) for HAProxy to say that `section/server` is down.
+fn haproxy_wait_down(h: &Haproxy, section: &str, server: &str) {
+    let needle = format!("Server {section}/{server} is DOWN");
+    let down = wait_until(Duration::from_secs(10), || h.log().contains(&needle));
+    assert!(
+        down,
+        "haproxy did not mark {section}/{server} down within 10 s:\n{}",
+        h.log()
+    );
 }
 
 /// Connects from `from` (any loopback address) and returns the server's name.
@@ -450,6 +378,9 @@ fn corpus_files_meant_for_haproxy_are_valid_haproxy_configs() {
         "http-only.cfg",
         "proxy-and-sni.cfg",
         "sni-routing.cfg",
+        "pfsense.cfg",
+        "kubespray.cfg",
+        "limits.cfg",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import").join(name);
         let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();

@@ -8,14 +8,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{http, server, status, wait_until, Backend, Gatehouse, BIN};
+use common::{http, server, status, wait_until, Backend, Gatehouse};
 
 /// Raises this test process's own open-file limit to its hard limit (the clients need
 /// hundreds of sockets).
@@ -23,28 +21,8 @@ fn raise_own_limit() -> u64 {
     gatehouse::edge::fd_budget::raise_nofile_limit().map_or(0, |l| l.soft)
 }
 
-/// Starts gatehouse on `config` with `RLIMIT_NOFILE` set to `nofile` (soft and hard).
 fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
-    let (g, _) = Gatehouse::start_command(config, |path| {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(path);
-        let limit = libc::rlimit {
-            rlim_cur: nofile as libc::rlim_t,
-            rlim_max: nofile as libc::rlim_t,
-        };
-        // SAFETY: setrlimit is async-signal-safe; `limit` is a plain value copied in.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
-    })
-    .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
-    g
+    Gatehouse::start_with_nofile(config, nofile)
 }
 
 /// CPU time (user + system) the process has used so far.
@@ -130,6 +108,21 @@ fn a_storm_past_the_descriptor_limit_waits_in_the_backlog_without_blaming_the_se
     let admins: Vec<TcpStream> = (0..60u8)
         .filter_map(|i| try_connect_from([127, 9, 3, 1 + i % 8], admin, Duration::from_secs(5)))
         .collect();
+    assert_eq!(admins.len(), 60, "admin connections made");
+    // Held by gatehouse itself (accepted, each a descriptor of its own), not only queued
+    // in the kernel: what the ceiling reserves room for.
+    let held_admins = || {
+        common::sockets::tcp_sockets(g.pid())
+            .iter()
+            .filter(|s| s.local == admin && s.state == common::sockets::ESTABLISHED)
+            .filter(|s| matches!(s.peer.ip(), std::net::IpAddr::V4(ip) if ip.octets()[..3] == [127, 9, 3]))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || held_admins() == 60),
+        "gatehouse holds {} of the 60 admin connections",
+        held_admins()
+    );
     // 600 clients at once, each holding its connection 250 ms after its echo: about
     // nine rounds through the ceiling.
     let clients = 600;

@@ -187,17 +187,11 @@ fn metrics_carry_the_contract_names_and_labels() {
         ("gatehouse_connections_active", &["listener", "backend", "server"]),
         ("gatehouse_connections_rejected_total", &["listener", "reason"]),
         ("gatehouse_bytes_total", &["listener", "backend", "server", "direction"]),
-        (
-            "gatehouse_connect_duration_seconds_bucket",
-            &["backend", "server", "le"],
-        ),
+        ("gatehouse_connect_duration_seconds_bucket", &["backend", "le"]),
         ("gatehouse_connect_errors_total", &["backend", "server", "reason"]),
         ("gatehouse_server_up", &["backend", "server"]),
         ("gatehouse_server_state", &["backend", "server", "state"]),
-        (
-            "gatehouse_health_check_duration_seconds_bucket",
-            &["backend", "server", "le"],
-        ),
+        ("gatehouse_health_check_duration_seconds_bucket", &["backend", "le"]),
         (
             "gatehouse_health_check_failures_total",
             &["backend", "server", "reason"],
@@ -748,8 +742,22 @@ fn readyz_answers_503_while_draining() {
         .expect("STOPPING=1");
     let (code, body) = http(g.admin(), "GET", "/readyz", &[]);
     assert_eq!(code, 503, "GET /readyz while draining: {body}");
+    assert_eq!(body.trim(), "draining", "the 503 says why");
+    // One 503 answered, counted by its reason; the gauge follows it.
+    let unready = metric(g.admin(), "gatehouse_readyz_unready_total", &[("reason", "draining")]);
+    assert_eq!(unready, 1.0, "503s for draining counted");
+    assert_eq!(
+        metric(g.admin(), "gatehouse_ready", &[]),
+        0.0,
+        "gatehouse_ready while draining"
+    );
     let (code, _) = http(g.admin(), "GET", "/healthz", &[]);
     assert_eq!(code, 200, "the process is still alive while draining");
+    assert!(
+        g.wait_log("not ready: /readyz answers 503: draining", Duration::from_secs(5)),
+        "the change is logged:\n{}",
+        g.log()
+    );
     drop(held);
 }
 

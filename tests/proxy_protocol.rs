@@ -24,14 +24,16 @@ struct Nginx {
 }
 
 impl Nginx {
+    /// Err when NGINX is not installed (a skip); NGINX that does not come up is a
+    /// failure.
     fn start() -> Result<Nginx, String> {
         if !have("nginx") {
             return Err("nginx is not installed".into());
         }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().expect("a directory for nginx");
         let lo4: IpAddr = [127, 0, 0, 1].into();
         let lo6: IpAddr = Ipv6Addr::LOCALHOST.into();
-        let v4 = SocketAddr::new(lo4, free_port(lo4).ok_or("no free port")?);
+        let v4 = SocketAddr::new(lo4, free_port(lo4).expect("a free port on 127.0.0.1"));
         let v6 = free_port(lo6).map(|p| SocketAddr::new(lo6, p));
         let d = dir.path().display();
         let listen6 = v6.map(|a| format!("listen {a} proxy_protocol;")).unwrap_or_default();
@@ -58,7 +60,7 @@ http {{
 "#
         );
         let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+        std::fs::write(&path, conf).expect("write nginx.conf");
         let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
@@ -69,7 +71,7 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("nginx: {e}"))?;
+            .unwrap_or_else(|e| panic!("run nginx: {e}"));
         let mut n = Nginx {
             child,
             v4,
@@ -79,12 +81,9 @@ http {{
         let up = wait_until(Duration::from_secs(10), || {
             TcpStream::connect_timeout(&v4, Duration::from_millis(200)).is_ok()
         });
-        if !up {
-            let _ = n.child.kill();
-            return Err(format!("nginx did not listen on {v4} within 10s"));
-        }
+        assert!(up, "nginx did not listen on {v4} within 10s");
         if let Ok(Some(status)) = n.child.try_wait() {
-            return Err(format!("nginx exited: {status}"));
+            panic!("nginx exited: {status}");
         }
         Ok(n)
     }
@@ -265,18 +264,20 @@ fn curl_haproxy_protocol_goes_through_an_accepting_listener() {
     }
     let g = accepting_gatehouse(&nginx, r#""127.0.0.5/32""#, "");
     let front = g.addr("front");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--haproxy-protocol",
-            "--interface",
-            "127.0.0.5",
-        ])
-        .arg(format!("http://{front}/"))
-        .output()
-        .expect("run curl");
+    let out = output_within(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--haproxy-protocol",
+                "--interface",
+                "127.0.0.5",
+            ])
+            .arg(format!("http://{front}/")),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("curl: {e}"));
     let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
         out.status.success() && body.starts_with("127.0.0.5:"),

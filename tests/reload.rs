@@ -578,3 +578,71 @@ fn a_server_whose_address_changes_starts_fresh_but_stays_drained() {
     );
     assert_eq!(b.accepted(), 1);
 }
+
+// ---------------------------------------------------------------------------------
+// Health state across reloads
+
+#[test]
+fn a_reload_keeps_a_server_s_health_state_starts_a_changed_check_fresh_and_checks_a_new_server_first() {
+    // Checks on a port of their own: "a" can be down by its check while its traffic
+    // port greets. rise = 20 at 300 ms: once healed, "a" stays down for about 6 s
+    // unless its state is thrown away, when its next first check makes it up at once.
+    let called = ["a", "b", "c"];
+    let (mut servers, port) = common::checks::Checked::servers(3, |i, addr| Backend::named(addr, called[i]));
+    let health = |timeout: &str| {
+        common::checks::check_on(
+            port,
+            &format!(r#"interval = "300ms", timeout = "{timeout}", rise = 20, fall = 1"#),
+        )
+    };
+    let both = [server("a", servers[0].addr()), server("b", servers[1].addr())];
+    let g = Gatehouse::start(&cfg(&[("front", any_port())], &both, Some(""), &health("500ms")));
+    let (front, admin) = (g.addr("front"), g.admin());
+    assert_eq!(server_state(admin, "pool", "a"), "up");
+    assert_eq!(server_state(admin, "pool", "b"), "up");
+    for _ in 0..4 {
+        drop(connect_named(front));
+    }
+    let b_connections = server_status(admin, "pool", "b")["connections"].clone();
+
+    // "a" goes down, then its check passes again: rise has 20 successes to count.
+    servers[0].sicken();
+    assert!(
+        wait_until(Duration::from_secs(10), || server_state(admin, "pool", "a") == "down"),
+        "a never went down"
+    );
+    servers[0].heal();
+    // "c" is new in the reload, and its check fails while its traffic port accepts.
+    servers[2].sicken();
+    let all = [
+        server("a", servers[0].addr()),
+        server("b", servers[1].addr()),
+        server("c", servers[2].addr()),
+    ];
+    let healed = std::time::Instant::now();
+    g.reload(&cfg(&[("front", front)], &all, Some(""), &health("500ms")));
+    let a = server_status(admin, "pool", "a");
+    let kept_in = healed.elapsed();
+    assert!(
+        kept_in < Duration::from_secs(4),
+        "the reload took {kept_in:?}: rise may be done"
+    );
+    assert_eq!(a["state"], "down", "a kept its state (rising) through the reload: {a}");
+    let b = server_status(admin, "pool", "b");
+    assert_eq!(b["state"], "up", "{b}");
+    assert_eq!(b["connections"], b_connections, "b kept its counters: {b}");
+    let c = server_status(admin, "pool", "c");
+    assert_eq!(
+        c["state"], "down",
+        "the new server was checked before taking clients: {c}"
+    );
+    let landed: Vec<String> = (0..6).map(|_| connect_named(front).0).collect();
+    assert!(landed.iter().all(|n| n == "b"), "clients landed on {landed:?}");
+    assert_eq!(servers[2].traffic.accepted(), 0, "the new server, down, took a client");
+
+    // A changed check starts fresh: its first check decides, and "a" passes it.
+    g.reload(&cfg(&[("front", front)], &all, Some(""), &health("400ms")));
+    let a = server_status(admin, "pool", "a");
+    assert_eq!(a["state"], "up", "a changed check starts fresh with a first check: {a}");
+    assert_eq!(server_state(admin, "pool", "c"), "down");
+}

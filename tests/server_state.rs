@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::checks::{check_on, Checked};
 use common::*;
 
 const TCP_CHECK: &str = r#"health = { check = "tcp", interval = "200ms", timeout = "500ms" }"#;
@@ -92,13 +93,12 @@ fn without_a_check_a_server_is_up_once_its_address_is_known() {
 fn ctl(g: &Gatehouse, args: &[&str]) {
     let admin = g.admin().to_string();
     let nowhere = g.dir.path().join("no-such-config.toml");
-    let o = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["--config", nowhere.to_str().unwrap(), "ctl", "--admin", &admin])
+    let mut o = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    o.args(["--config", nowhere.to_str().unwrap(), "ctl", "--admin", &admin])
         .args(args)
         .env_remove("GATEHOUSE_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run gatehouse ctl");
+        .env_remove("NOTIFY_SOCKET");
+    let o = output_within(&mut o, Duration::from_secs(30)).unwrap_or_else(|e| panic!("gatehouse ctl: {e}"));
     assert!(
         o.status.success(),
         "ctl {args:?}: exit {:?}\n{}{}",
@@ -121,16 +121,21 @@ fn landed_on(front: std::net::SocketAddr) -> Result<String, String> {
 
 #[test]
 fn with_every_server_drained_new_clients_are_still_served_and_readyz_is_unready() {
-    let a = Backend::named("127.0.0.1:0".parse().unwrap(), "a");
-    let b = Backend::named("127.0.0.1:0".parse().unwrap(), "b");
-    let backup = Backend::named("127.0.0.1:0".parse().unwrap(), "backup");
+    // Checked on a port of their own: "a" can go DOWN while its traffic port still
+    // accepts and greets, so a client sent to it shows (a killed server would refuse,
+    // and the client would be retried on "b" unseen).
+    let names = ["a", "b", "backup"];
+    let (mut servers, check_port) = Checked::servers(3, |i, addr| Backend::named(addr, names[i]));
     let g = Gatehouse::start(&config(
         &[
-            server("a", a.addr),
-            server("b", b.addr),
-            format!(r#"{{ name = "backup", address = "{}", backup = true }}"#, backup.addr),
+            server("a", servers[0].addr()),
+            server("b", servers[1].addr()),
+            format!(
+                r#"{{ name = "backup", address = "{}", backup = true }}"#,
+                servers[2].addr()
+            ),
         ],
-        TCP_CHECK,
+        &check_on(check_port, r#"interval = "200ms", timeout = "500ms""#),
         "",
     ));
     let front = g.addr("front");
@@ -182,16 +187,23 @@ fn with_every_server_drained_new_clients_are_still_served_and_readyz_is_unready(
         assert_eq!(server_state(g.admin(), "pool", name), "drain");
     }
 
-    // A drained server that goes down takes no one, not even as a last resort.
-    a.kill();
+    // A drained server that goes down takes no one, not even as a last resort: its
+    // check fails while it still accepts (and would greet a client with "a").
+    servers[0].sicken();
     assert!(
         g.wait_log("server pool/a DOWN", Duration::from_secs(10)),
         "a not seen down:\n{}",
         g.log()
     );
+    let accepted = servers[0].traffic.accepted();
     let landed: Vec<_> = (0..6).map(|_| landed_on(front)).collect();
     assert!(
         landed.iter().all(|l| l.as_deref() == Ok("b")),
         "with a down and every server drained, new clients landed on {landed:?}"
+    );
+    assert_eq!(
+        servers[0].traffic.accepted(),
+        accepted,
+        "the drained server that is down was connected to"
     );
 }

@@ -99,8 +99,13 @@ fn a_log_reader_that_never_reads_costs_log_lines_not_connections() {
     }
     figure!("stalled log: {served}/{made} connections served after the log pipe filled; {dropped} log lines dropped");
     assert_eq!(served, made, "connections lost while the log sink stalled");
+    // The status page counts the same drops (more by now: the pipe is still full).
     let status = status(admin);
-    assert_eq!(status["log_lines_dropped"].as_f64(), Some(dropped), "{status}");
+    let shown = status["log_lines_dropped"].as_f64().unwrap_or(0.0);
+    assert!(
+        shown >= dropped,
+        "the status shows {shown} dropped, /metrics showed {dropped}"
+    );
 
     // The reader comes back: the writer goes on, and says what was lost.
     let mut out = std::fs::File::from(read_end);

@@ -44,12 +44,17 @@ struct Net {
 }
 
 impl Net {
-    /// Builds the three namespaces, or says why it cannot (not root, no `ip`).
+    /// Builds the three namespaces; Err (a skip) when not root. As root, namespaces
+    /// that cannot be built are a failure, not a skip.
     fn build() -> Result<Net, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("network namespaces need root".into());
         }
+        Ok(Self::make().unwrap_or_else(|e| panic!("cannot build the network namespaces: {e}")))
+    }
+
+    fn make() -> Result<Net, String> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let prefix = format!("gh-vanish-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let mut net = Net {

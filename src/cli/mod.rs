@@ -91,14 +91,20 @@ pub fn admin_target(
     token_file: Option<&Path>,
 ) -> Result<(SocketAddr, Option<String>), String> {
     let cfg = Config::load(config).ok();
-    let addr = admin
-        .or_else(|| cfg.as_ref().and_then(|c| c.admin.as_ref()).map(|a| a.listen))
-        .ok_or_else(|| {
-            format!(
-                "no admin API: {} has no [admin] table and --admin was not given",
-                config.display()
-            )
-        })?;
+    // Loopback if the admin listener listens there (no token needed), else its first address.
+    let configured = cfg.as_ref().and_then(|c| c.admin.as_ref()).and_then(|a| {
+        let local = a
+            .listen
+            .iter()
+            .find(|l| l.ip().is_loopback() || l.ip().is_unspecified());
+        local.or(a.listen.first()).copied()
+    });
+    let addr = admin.or(configured).ok_or_else(|| {
+        format!(
+            "no admin API: {} has no [admin] table and --admin was not given",
+            config.display()
+        )
+    })?;
     let addr = match addr.ip() {
         ip if ip.is_unspecified() && addr.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
         ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),

@@ -115,7 +115,9 @@ impl Default for ResolverConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    /// Where the admin listener listens: one address or several (loopback for local
+    /// probes such as keepalived's, and the network the scraper comes from).
+    pub listen: Vec<SocketAddr>,
     /// When set, the admin API accepts state changes only with this token (from any
     /// address); when unset, only from loopback.
     pub token_file: Option<PathBuf>,
@@ -284,6 +286,19 @@ pub struct BackendConfig {
     pub user_timeout: Option<Duration>,
     /// A PROXY header first on every connection to a server, carrying the client.
     pub send_proxy: Option<ProxyVersion>,
+    /// How many clients may wait at once for a server with room (`max_queue`);
+    /// `None`: no bound but `queue_timeout`. Only with servers that have a limit.
+    pub max_queue: Option<usize>,
+    /// How long a client waits in the queue before it is closed (`queue_timeout`;
+    /// default: `connect_timeout`, as HAProxy's `timeout queue`).
+    pub queue_timeout: Duration,
+}
+
+impl BackendConfig {
+    /// Whether any server has a connection limit: only then is there a queue.
+    pub fn limited(&self) -> bool {
+        self.servers.iter().any(|s| s.max_connections.is_some())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -309,6 +324,9 @@ pub struct ServerConfig {
     pub port: u16,
     pub weight: u32,
     pub backup: bool,
+    /// Connections it takes at once (its own `max_connections`, else the backend's);
+    /// `None`: no limit.
+    pub max_connections: Option<u32>,
 }
 
 impl ServerConfig {
@@ -454,6 +472,10 @@ impl Config {
                     b.health.rise,
                     b.health.fall
                 );
+                if b.limited() {
+                    let most = b.max_queue.map_or("no bound".to_string(), |m| format!("at most {m}"));
+                    let _ = writeln!(s, "     queue: {most} waiting, each up to {:?}", b.queue_timeout);
+                }
                 for srv in &b.servers {
                     let mut extra = String::new();
                     if srv.weight != 1 {
@@ -461,6 +483,9 @@ impl Config {
                     }
                     if srv.backup {
                         extra.push_str(" backup");
+                    }
+                    if let Some(m) = srv.max_connections {
+                        let _ = write!(extra, " max_connections {m}");
                     }
                     let _ = writeln!(s, "     server {:?} {}{}", srv.name, srv.address(), extra);
                 }
@@ -477,7 +502,8 @@ impl Config {
         }
         match &self.admin {
             Some(a) => {
-                let _ = writeln!(s, "admin on {}", a.listen);
+                let on: Vec<String> = a.listen.iter().map(SocketAddr::to_string).collect();
+                let _ = writeln!(s, "admin on {}", on.join(", "));
             }
             None => s.push_str("admin listener off\n"),
         }

@@ -54,10 +54,27 @@ pub(super) struct RawResolver {
     pub(super) hosts_file: Option<PathBuf>,
 }
 
+/// A string, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMore {
+    One(String),
+    More(Vec<String>),
+}
+
+impl OneOrMore {
+    pub(super) fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMore::One(s) => std::slice::from_ref(s),
+            OneOrMore::More(v) => v,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
-    pub(super) listen: S<String>,
+    pub(super) listen: S<OneOrMore>,
     pub(super) token_file: Option<PathBuf>,
     // Issue 9: who may connect, and how many connections one client may hold.
     #[serde(default)]
@@ -130,6 +147,11 @@ pub(super) struct RawBackend {
     pub(super) retries: Option<S<i64>>,
     pub(super) user_timeout: Option<S<String>>,
     pub(super) send_proxy: Option<ProxyVersion>,
+    // Issue 22: per-server limits and the backend's queue.
+    /// Each server's limit, unless the server sets its own.
+    pub(super) max_connections: Option<S<i64>>,
+    pub(super) max_queue: Option<S<i64>>,
+    pub(super) queue_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +162,7 @@ pub(super) struct RawServerTable {
     pub(super) weight: Option<i64>,
     #[serde(default)]
     pub(super) backup: bool,
+    pub(super) max_connections: Option<i64>,
 }
 
 #[derive(Deserialize)]

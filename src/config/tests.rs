@@ -401,3 +401,60 @@ fn a_bad_certificate_takes_a_server_down_by_default_only_with_a_ca() {
     .unwrap_err();
     assert!(errors[0].message.contains("alert"), "{errors:?}");
 }
+
+#[test]
+fn server_limits_come_from_the_server_or_the_backend_and_the_queue_waits_connect_timeout() {
+    let text = MINIMAL.replace(
+        "servers = [\"127.0.4.11:6443\"]",
+        "servers = [\"127.0.4.11:6443\", { address = \"127.0.4.12:6443\", max_connections = 5 }]\n\
+         max_connections = 250\nconnect_timeout = \"2s\"",
+    );
+    let c = parse(&text).unwrap();
+    let b = c.backend("control-plane").unwrap();
+    let limits: Vec<Option<u32>> = b.servers.iter().map(|s| s.max_connections).collect();
+    assert_eq!(limits, [Some(250), Some(5)], "the backend's default, the server's own");
+    assert!(b.limited());
+    assert_eq!(b.max_queue, None, "no bound but the timeout");
+    assert_eq!(b.queue_timeout, Duration::from_secs(2), "as HAProxy: timeout connect");
+    let c = parse(&format!("{text}\nmax_queue = 0\nqueue_timeout = \"500ms\"\n")).unwrap();
+    let b = c.backend("control-plane").unwrap();
+    assert_eq!((b.max_queue, b.queue_timeout), (Some(0), Duration::from_millis(500)));
+}
+
+#[test]
+fn without_limits_there_is_no_queue_and_its_keys_are_refused() {
+    let c = parse(MINIMAL).unwrap();
+    let b = c.backend("control-plane").unwrap();
+    assert!(!b.limited());
+    assert_eq!(b.servers[0].max_connections, None);
+    let errors = parse(&format!("{MINIMAL}max_queue = 10\nqueue_timeout = \"1s\"\n")).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for (e, key) in errors.iter().zip(["max_queue", "queue_timeout"]) {
+        assert!(
+            e.message
+                .contains(&format!("{key} applies only when servers have a limit")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn bad_limits_are_refused_where_they_are_written() {
+    let text = MINIMAL.replace(
+        "servers = [\"127.0.4.11:6443\"]",
+        "servers = [{ address = \"127.0.4.11:6443\", max_connections = 0 }]\nmax_queue = -1\nqueue_timeout = \"0s\"",
+    );
+    let errors = parse(&text).unwrap_err();
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{messages:?}");
+    assert!(
+        messages[0].contains("max_connections = 0 is out of range"),
+        "{messages:?}"
+    );
+    assert!(messages[1].contains("max_queue = -1 is out of range"), "{messages:?}");
+    assert!(
+        messages[2].contains("queue_timeout must be longer than 0"),
+        "{messages:?}"
+    );
+    assert!(errors.iter().all(|e| e.line > 1), "each at its line: {errors:?}");
+}

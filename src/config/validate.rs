@@ -35,6 +35,9 @@ pub(super) fn validate(text: &str, origin: &str) -> Result<Config, ConfigError> 
 }
 
 mod edge;
+mod limits;
+
+use limits::MAX_CONNECTIONS;
 
 /// "backend X is not defined", with the likely fix.
 fn unknown_backend(listener: &str, backend: &str, defined: &[&str]) -> String {
@@ -127,19 +130,25 @@ impl Validator<'_> {
         let admin = raw.admin.map(|a| {
             let span = a.span();
             let a = a.into_inner();
-            let listen = match a.listen.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    self.error(
+            let mut listen: Vec<SocketAddr> = Vec::new();
+            for text in a.listen.get_ref().as_slice() {
+                match text.parse::<SocketAddr>() {
+                    Ok(addr) if listen.contains(&addr) => {
+                        self.error(&a.listen.span(), format!("admin listen names {addr} twice"));
+                    }
+                    Ok(addr) => listen.push(addr),
+                    Err(_) => self.error(
                         &a.listen.span(),
-                        format!(
-                            "admin listen = {:?} is not an address with a port, like \"127.0.0.1:9100\"",
-                            a.listen.get_ref()
-                        ),
-                    );
-                    SocketAddr::from(([127, 0, 0, 1], 0))
+                        format!("admin listen = {text:?} is not an address with a port, like \"127.0.0.1:8405\""),
+                    ),
                 }
-            };
+            }
+            if a.listen.get_ref().as_slice().is_empty() {
+                self.error(
+                    &a.listen.span(),
+                    "admin listen is an empty list: name at least one address, like \"127.0.0.1:8405\"".to_string(),
+                );
+            }
             let _ = span;
             let sources = self.source_rules("admin", &a.allow, &a.deny);
             let source_limit = match &a.source_limit {
@@ -402,6 +411,10 @@ impl Validator<'_> {
         }
         let raw = raw.into_inner();
         let servers_span = raw.servers.span();
+        let backend_limit = raw
+            .max_connections
+            .as_ref()
+            .map(|m| self.integer("max_connections", &Some(m.clone()), MAX_CONNECTIONS, 1) as u32);
         let mut servers: Vec<ServerConfig> = Vec::new();
         for s in raw.servers.into_inner() {
             let span = s.span();
@@ -411,6 +424,7 @@ impl Validator<'_> {
                     address,
                     weight: None,
                     backup: false,
+                    max_connections: None,
                 },
                 v @ toml::Value::Table(_) => match v.try_into::<RawServerTable>() {
                     Ok(t) => t,
@@ -459,12 +473,18 @@ impl Validator<'_> {
                 );
             }
             let weight = self.integer("weight", &weight, 1..257, 1) as u32;
+            let own_limit = table.max_connections.map(|m| S::new(span.clone(), m));
+            let max_connections = match own_limit {
+                Some(m) => Some(self.integer("max_connections", &Some(m), MAX_CONNECTIONS, 1) as u32),
+                None => backend_limit,
+            };
             servers.push(ServerConfig {
                 name: server_name,
                 host,
                 port,
                 weight,
                 backup,
+                max_connections,
             });
         }
         if servers.is_empty() {
@@ -483,7 +503,12 @@ impl Validator<'_> {
                 }
             }
         };
+        let connect_timeout = self.positive_duration("connect_timeout", &raw.connect_timeout, defaults.connect_timeout);
+        let limited = servers.iter().any(|s| s.max_connections.is_some());
+        let queue = self.queue(&name, (&raw.max_queue, &raw.queue_timeout), limited, connect_timeout);
         Some(BackendConfig {
+            max_queue: queue.max_queue,
+            queue_timeout: queue.timeout,
             balance: raw.balance,
             servers,
             health,
@@ -494,7 +519,7 @@ impl Validator<'_> {
                 let d = self.duration("slow_start", &raw.slow_start, Duration::ZERO);
                 (!d.is_zero()).then_some(d)
             },
-            connect_timeout: self.positive_duration("connect_timeout", &raw.connect_timeout, defaults.connect_timeout),
+            connect_timeout,
             retries: self.integer("retries", &raw.retries, 0..101, defaults.retries as i64) as u32,
             user_timeout: self.duration_or_off("user_timeout", &raw.user_timeout, defaults.user_timeout),
             send_proxy: raw.send_proxy,

@@ -39,16 +39,17 @@ fn based(base: Option<&str>, path: &str) -> String {
     }
 }
 
-/// Builds the backend; `None` (reported) when no server is usable.
+/// Builds the backend, named `gname` in gatehouse; `None` (reported) when no server is
+/// usable.
 pub fn build(
-    name: &str,
+    (name, gname): (&str, &str),
     header: &Line,
     s: &Settings,
     servers: &[ServerLine],
     ctx: &Context,
     report: &mut Report,
 ) -> Option<emit::Backend> {
-    let gname = gatehouse_name(name).unwrap_or_else(|| name.to_string());
+    let gname = gname.to_string();
     let mut b = emit::Backend {
         name: gname.clone(),
         lines: vec![header.number],
@@ -74,6 +75,9 @@ pub fn build(
             );
             continue;
         };
+        if let Some(surprise) = &srv.addr.surprise {
+            say(report, Verdict::Approximated, surprise.clone());
+        }
         if srv.addr.port.is_none() {
             say(
                 report,
@@ -81,15 +85,12 @@ pub fn build(
                 format!("no port: HAProxy connects to the client's port; every listener of this backend binds {port}"),
             );
         }
-        let mut sname = gatehouse_name(&srv.name).unwrap_or_else(|| srv.name.clone());
-        if used_names.contains(&sname) {
-            sname = format!("{sname}-{}", srv.line.number);
-        }
+        let sname = unique_name(&srv.name, srv.line.number, &used_names);
         if sname != srv.name {
             say(
                 report,
                 Verdict::Approximated,
-                format!("named {sname:?} (gatehouse's name rules)"),
+                format!("named {sname:?}: {}", rename_reason(&srv.name, &sname)),
             );
         }
         used_names.push(sname.clone());
@@ -154,7 +155,7 @@ pub fn build(
         header.number,
         &header.text,
         Verdict::Translated,
-        format!("[backend.{gname}]"),
+        format!("[backend.{}]", emit::key(&gname)),
     );
     if backups_beyond_first(s, &live) {
         for srv in live
@@ -170,10 +171,42 @@ pub fn build(
             );
         }
     }
+    if gname != name {
+        report.note(
+            header.number,
+            &header.text,
+            Verdict::Approximated,
+            format!("named {gname:?}: {}", rename_reason(name, &gname)),
+        );
+    }
     health(s, &live, ctx, &mut b, report);
     per_server_keys(&live, &mut b, report);
     health_send_proxy(s, &live, &mut b, report);
+    super::limits::limits(s, header, &live, &mut b, report);
     Some(b)
+}
+
+/// Why `name` became `renamed`: gatehouse's rules, another of the same kind having the
+/// name, or both.
+pub fn rename_reason(name: &str, renamed: &str) -> String {
+    const RULES: &str = "gatehouse's names are 1-64 letters, digits, '-', '_' or '.'";
+    match gatehouse_name(name) {
+        Some(fixed) if fixed == renamed => RULES.to_string(),
+        Some(fixed) => format!("{RULES}, and another has {fixed:?}"),
+        None => "another of the same kind has that name in gatehouse".to_string(),
+    }
+}
+
+/// `name` made a gatehouse name (see `gatehouse_name`) that `taken` does not hold yet:
+/// on a clash, the line number is added.
+pub fn unique_name(name: &str, line: usize, taken: &[String]) -> String {
+    let mut n = gatehouse_name(name).unwrap_or_else(|| name.to_string());
+    if taken.contains(&n) {
+        let suffix = format!("-{line}");
+        n.truncate(64 - suffix.len());
+        n.push_str(&suffix);
+    }
+    n
 }
 
 fn backups_beyond_first(s: &Settings, live: &[&ServerLine]) -> bool {

@@ -11,6 +11,24 @@ pub fn string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// A table key: bare where TOML allows (letters, digits, `-`, `_`), quoted elsewhere: a
+/// dot in a bare key would make a nested table (`[backend."kodirsync.example.org"]`).
+pub fn key(name: &str) -> String {
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match bare {
+        true => name.to_string(),
+        false => string(name),
+    }
+}
+
+/// A line of HAProxy's as a TOML comment holds it: control characters but the tab
+/// (a form feed, a vertical tab, which HAProxy reads as blanks) are not allowed there.
+fn comment_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
 /// `key = value`, and the HAProxy lines (and a remark) behind it.
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -100,7 +118,8 @@ pub fn render(out: &Output, file: &str, texts: &BTreeMap<usize, String>) -> Stri
         sorted.sort_unstable();
         sorted.dedup();
         for l in sorted {
-            let _ = writeln!(s, "{indent}# {file}:{l}: {}", texts.get(&l).map_or("", String::as_str));
+            let text = texts.get(&l).map_or(String::new(), |t| comment_text(t));
+            let _ = writeln!(s, "{indent}# {file}:{l}: {text}");
         }
     };
     let origin = |s: &mut String, lines: &[usize]| indented(s, lines, "");
@@ -134,7 +153,7 @@ pub fn render(out: &Output, file: &str, texts: &BTreeMap<usize, String>) -> Stri
     for b in &out.backends {
         s.push('\n');
         origin(&mut s, &b.lines);
-        let _ = writeln!(s, "[backend.{}]", b.name);
+        let _ = writeln!(s, "[backend.{}]", key(&b.name));
         table(&mut s, &b.table);
         s.push_str("servers = [\n");
         for srv in &b.servers {

@@ -6,10 +6,20 @@
 //! variables (`$NAME`, `${NAME}`, `${NAME-default}`, `${NAME[*]}`), which HAProxy expands
 //! inside double quotes only. Every expansion is recorded so the report can name it.
 //! HAProxy has no line continuation: a line ending in `\` is refused here, as HAProxy
-//! refuses it, rather than silently read as a word. What the words mean is not this
+//! refuses it, rather than silently read as a word. Words are separated by any blank C
+//! calls a space (space, tab, vertical tab, form feed), and a carriage return ends a
+//! line wherever it is, as in HAProxy's `parse_line`. What the words mean is not this
 //! module's concern.
 
 use std::fmt;
+
+/// The number of the file's last line when it does not end with a line feed (and holds
+/// more than blanks): HAProxy refuses such a file ("Missing LF on last line, file might
+/// have been truncated").
+pub fn missing_final_newline(text: &str) -> Option<usize> {
+    let last = text.rsplit('\n').next()?;
+    (!last.trim().is_empty()).then(|| text.matches('\n').count() + 1)
+}
 
 /// One non-empty line: its number (from 1), its words, and the text as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +72,7 @@ impl fmt::Display for LexError {
 pub fn lex(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Line>, LexError> {
     let mut lines = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        let raw = raw.split('\r').next().unwrap_or(raw);
         let number = i + 1;
         let fail = |message: String| LexError { line: number, message };
         let mut lexer = LineLexer {
@@ -137,7 +147,7 @@ impl LineLexer<'_> {
                     self.end = at;
                     break;
                 }
-                (Quote::None, ' ' | '\t') => self.finish_word(),
+                (Quote::None, ' ' | '\t' | '\x0b' | '\x0c') => self.finish_word(),
                 (_, c) => self.push(c),
             }
         }
@@ -317,5 +327,26 @@ mod tests {
     #[test]
     fn crlf_line_ends_are_read_like_lf() {
         assert_eq!(words("a b\r\nc\r\n"), [vec!["a", "b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn blanks_are_what_haproxy_calls_spaces_and_a_carriage_return_ends_the_line() {
+        assert_eq!(
+            words("\t server\ta  \t10.0.0.1:80\x0bcheck\x0cweight 2 # comment\n"),
+            [["server", "a", "10.0.0.1:80", "check", "weight", "2"]]
+        );
+        assert_eq!(words("bind :80\rignored words\n"), [["bind", ":80"]]);
+    }
+
+    #[test]
+    fn a_last_line_without_a_line_feed_is_found() {
+        assert_eq!(missing_final_newline("global\n  maxconn 10"), Some(2));
+        assert_eq!(missing_final_newline("global\n  maxconn 10\n"), None);
+        assert_eq!(
+            missing_final_newline("global\n  \t"),
+            None,
+            "blanks only: nothing to read"
+        );
+        assert_eq!(missing_final_newline(""), None);
     }
 }

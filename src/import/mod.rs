@@ -3,16 +3,20 @@
 //!
 //! The steps, each its own module: [`lexer`] cuts the text as HAProxy does, [`model`]
 //! groups it into sections and reads HAProxy's values, [`settings`] reads proxy
-//! keywords and server options, [`rules`] a frontend's ACLs and rules, [`translate`] and [`backend`] decide what gatehouse
-//! makes of them, [`emit`] writes the TOML and [`report`] the verdicts. The result is
-//! validated by [`crate::config`] before it is handed out: an import never produces a
-//! file `gatehouse check` refuses. The command line lives in `cli/import.rs`.
+//! keywords and server options, [`rules`] a frontend's ACLs and rules, [`translate`]
+//! and [`backend`] decide what gatehouse makes of them ([`limits`] of per-server limits
+//! and queues, [`monitor`] of `monitor-uri` frontends), [`emit`] writes the TOML and
+//! [`report`] the verdicts. The result is validated by [`crate::config`] before it is
+//! handed out: an import never produces a file `gatehouse check` refuses. The command
+//! line lives in `cli/import.rs`.
 
 pub mod backend;
 pub mod bind;
 pub mod emit;
 pub mod lexer;
+pub mod limits;
 pub mod model;
+pub mod monitor;
 pub mod report;
 pub mod rules;
 pub mod settings;
@@ -84,6 +88,16 @@ pub fn import_haproxy(text: &str, file: &str, env: &dyn Fn(&str) -> Option<Strin
     };
     let lines = lexer::lex(text, env).map_err(parse_error)?;
     let mut report = Report::new(file);
+    if let Some(last) = lexer::missing_final_newline(text) {
+        let raw = text.rsplit('\n').next().unwrap_or_default();
+        report.note(
+            last,
+            raw.split('#').next().unwrap_or(raw).trim(),
+            Verdict::Approximated,
+            "the file ends without a line feed: HAProxy refuses it (\"Missing LF on last line, file might have \
+             been truncated\"); read here as if it had one",
+        );
+    }
     for l in &lines {
         for e in &l.expansions {
             let how = match e.source {
@@ -136,6 +150,7 @@ mod tests {
         "frontend f2\n    bind 10.0.0.1:8443",
         "backend b1\n    server s0 10.0.0.1:6443 check",
         "backend b2",
+        "backend b1.example.org\n    server s0 10.0.0.3:6443 check",
         "listen l1\n    bind 10.0.0.5:25",
         "resolvers r",
         "peers p",
@@ -195,6 +210,16 @@ mod tests {
         "frobnicate",
         "\"\"",
         ".if defined(X)",
+        "server s8 10.0.0.8:80 check maxconn 10 maxqueue 5",
+        "server s9 fd00::9:443 check maxconn 0 minconn 2",
+        "server s:10 2409:8080:5801:824f:2::12:6443 backup",
+        "server s11 fd00::1 check",
+        "default-server maxconn 3 minconn 1 maxqueue 2",
+        "timeout queue 2s",
+        "timeout queue 0",
+        "monitor-uri /healthz",
+        "monitor fail if { nbsrv(b1) lt 1 }",
+        "default_backend b1.example.org",
     ];
 
     fn random_config(rng: &mut SmallRng) -> String {
@@ -391,6 +416,159 @@ mod translation_tests {
         assert_eq!(
             i.report.verdict(3),
             Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn a_dotted_backend_name_is_quoted_where_it_is_a_table_key() {
+        let i = run(
+            "frontend f\n  bind :443\n  default_backend kodirsync.example.org_ipvANY\n\
+                     backend kodirsync.example.org_ipvANY\n  server s 10.0.0.1:443\n",
+        );
+        assert!(
+            i.toml.contains("[backend.\"kodirsync.example.org_ipvANY\"]"),
+            "{}",
+            i.toml
+        );
+        assert!(
+            i.toml.contains("backend = \"kodirsync.example.org_ipvANY\""),
+            "{}",
+            i.toml
+        );
+    }
+
+    #[test]
+    fn an_ipv6_server_without_brackets_ends_in_its_port_and_is_reported() {
+        let i = run(&format!(
+            "backend b\n  server m1 2409:8080:5801:824f:2::12:6443\n{TAIL}"
+        ));
+        assert!(
+            i.toml.contains("address = \"[2409:8080:5801:824f:2::12]:6443\""),
+            "{}",
+            i.toml
+        );
+        assert_eq!(
+            i.report.verdict(2),
+            Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn server_maxconn_and_timeout_queue_become_limits_and_a_queue() {
+        let i = run(&format!(
+            "defaults\n  timeout connect 3s\n  timeout queue 20s\nbackend b\n  default-server maxconn 250\n  \
+             server s1 10.0.0.1:80\n  server s2 10.0.0.2:80 maxconn 10\n{TAIL}"
+        ));
+        assert!(
+            i.toml.contains("max_connections = 10 }"),
+            "the server's own: {}",
+            i.toml
+        );
+        assert!(
+            i.toml
+                .contains("{ name = \"s1\", address = \"10.0.0.1:80\", max_connections = 250 }"),
+            "{}",
+            i.toml
+        );
+        assert!(i.toml.contains("queue_timeout = \"20s\""), "{}", i.toml);
+        for line in [3, 5, 7] {
+            assert_eq!(
+                i.report.verdict(line),
+                Some(Verdict::Translated),
+                "line {line}: {}",
+                i.report.render()
+            );
+        }
+        let i = run(&format!(
+            "defaults\n  timeout connect 3s\nbackend b\n  server s1 10.0.0.1:80 maxconn 5\n{TAIL}"
+        ));
+        assert!(
+            i.toml.contains("queue_timeout = \"3s\""),
+            "without timeout queue, HAProxy waits timeout connect: {}",
+            i.toml
+        );
+    }
+
+    #[test]
+    fn maxqueue_bounds_the_queue_only_where_haproxy_queues_per_server() {
+        let i = run(&format!(
+            "backend b\n  server s1 10.0.0.1:80 maxconn 2 maxqueue 3\n{TAIL}"
+        ));
+        assert!(
+            !i.toml.contains("\nmax_queue"),
+            "roundrobin: no bound in HAProxy: {}",
+            i.toml
+        );
+        assert!(
+            i.toml.contains("may have meant: max_queue = 3\n"),
+            "the bound shown: {}",
+            i.toml
+        );
+        assert_eq!(i.report.verdict(2), Some(Verdict::Translated), "{}", i.report.render());
+        let i = run(&format!(
+            "backend b\n  balance source\n  hash-type consistent\n  server s1 10.0.0.1:80 maxconn 2 maxqueue 3\n{TAIL}"
+        ));
+        assert!(
+            i.toml.contains("\nmax_queue = 3\n"),
+            "source, one server: exact: {}",
+            i.toml
+        );
+        assert_eq!(i.report.verdict(4), Some(Verdict::Translated), "{}", i.report.render());
+    }
+
+    #[test]
+    fn a_monitor_uri_frontend_becomes_the_admin_listeners_healthz() {
+        let i = run(&format!("frontend hz\n  bind *:8081\n  mode http\n  monitor-uri /healthz\n{TAIL}backend b\n  server s 10.0.0.1:80\n"));
+        assert!(i.toml.contains("[admin]\n"), "{}", i.toml);
+        assert!(i.toml.contains("listen = \"0.0.0.0:8081\""), "{}", i.toml);
+        assert_eq!(
+            i.report.verdict(1),
+            Some(Verdict::Approximated),
+            "{}",
+            i.report.render()
+        );
+        let i = run(&format!(
+            "frontend hz\n  bind :9000\n  mode http\n  monitor-uri /alive\n{TAIL}backend b\n  server s 10.0.0.1:80\n"
+        ));
+        assert!(
+            i.report.render().contains("the path changes: /alive is now /healthz"),
+            "{}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn the_last_default_backend_counts_and_the_others_are_reported() {
+        let i = run("backend a\n  server s 10.0.0.1:80\nbackend b\n  server s 10.0.0.2:80\n\
+                     frontend f\n  bind :80\n  default_backend a\n  default_backend b\n");
+        assert!(i.toml.contains("backend = \"b\""), "{}", i.toml);
+        assert!(
+            i.report
+                .render()
+                .contains("no effect: the default_backend on line 8 replaces it"),
+            "{}",
+            i.report.render()
+        );
+    }
+
+    #[test]
+    fn a_renamed_name_yields_to_one_gatehouse_takes_as_it_is() {
+        let i = run(
+            "backend k8s:api\n  server s 10.0.0.1:80\nbackend k8s-api\n  server s 10.0.0.2:80\n\
+                     frontend f\n  bind :80\n  default_backend k8s-api\n",
+        );
+        assert!(
+            i.toml.contains("[backend.k8s-api-1]") && i.toml.contains("[backend.k8s-api]"),
+            "{}",
+            i.toml
+        );
+        assert!(i.toml.contains("backend = \"k8s-api\""), "{}", i.toml);
+        assert!(
+            i.report.render().contains("named \"k8s-api-1\""),
             "{}",
             i.report.render()
         );

@@ -217,34 +217,26 @@ pub struct ServerAddr {
     pub host: String,
     pub is_name: bool,
     pub port: Option<u16>,
+    /// How HAProxy's reading could surprise a reader (an IPv6 address without
+    /// brackets, whose last group is taken for the port): reported as an approximation.
+    pub surprise: Option<String>,
 }
 
-/// Reads a `server` address: `192.168.4.11:6443`, `arkveld:6443`, `ipv6@::1:80`,
-/// `[fd00::1]:80`, or a host without a port.
+/// Reads a `server` address as HAProxy does: `192.168.4.11:6443`, `arkveld:6443`,
+/// `[fd00::1]:80`, a host without a port, and an IPv6 address without brackets, where
+/// HAProxy takes what follows the *last* colon as the port
+/// (`2409:8080:5801:824f:2::12:6443` is `2409:8080:5801:824f:2::12`, port 6443), with or
+/// without `ipv6@`. HAProxy refuses what that leaves unreadable (`fd00::1` is host
+/// `fd00:`, port 1): so does this.
 pub fn server_addr(word: &str) -> Result<ServerAddr, String> {
-    let (family, rest) = strip_family(word)?;
-    // An IPv6 address without brackets or port: every colon belongs to the address.
-    if let Ok(ip) = rest.parse::<Ipv6Addr>() {
-        if family == Some(Family::V6) || rest.matches(':').count() > 1 && !rest.starts_with(':') {
-            if let Some((h, p)) = rest.rsplit_once(':').filter(|_| family == Some(Family::V6)) {
-                if let (Ok(ip), Ok(port)) = (h.parse::<Ipv6Addr>(), p.parse::<u16>()) {
-                    return Ok(ServerAddr {
-                        host: format!("[{ip}]"),
-                        is_name: false,
-                        port: Some(port),
-                    });
-                }
-            }
-            return Ok(ServerAddr {
-                host: format!("[{ip}]"),
-                is_name: false,
-                port: None,
-            });
-        }
-    }
+    let (_, rest) = strip_family(word)?;
+    let unbracketed_v6 = !rest.starts_with('[') && rest.matches(':').count() > 1;
     let (host, port) = match split_port(rest) {
         Some((h, p)) => (h, Some(p)),
-        None => (rest, None),
+        None => (
+            rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(rest),
+            None,
+        ),
     };
     let port = match port {
         None | Some("") => None,
@@ -262,12 +254,32 @@ pub fn server_addr(word: &str) -> Result<ServerAddr, String> {
     if host.is_empty() {
         return Err(format!("{word:?} has no host"));
     }
-    let (host, is_name) = match host.parse::<IpAddr>() {
+    let parsed = host.parse::<IpAddr>();
+    if unbracketed_v6 && parsed.is_err() {
+        return Err(format!(
+            "HAProxy reads {word:?} as host {host:?} and port {:?} (what follows the last colon is the port) and \
+             cannot resolve {host:?}: it refuses this line. Write an IPv6 address in brackets: [ADDRESS]:PORT",
+            rest.rsplit_once(':').map_or("", |(_, p)| p)
+        ));
+    }
+    let surprise = match (unbracketed_v6, rest.parse::<Ipv6Addr>(), port) {
+        (true, Ok(whole), Some(port)) => Some(format!(
+            "{rest} is read as HAProxy reads it: [{host}]:{port}, what follows the last colon being the port, not \
+             the IPv6 address {whole}; write [{host}]:{port} in HAProxy too, to say so"
+        )),
+        _ => None,
+    };
+    let (host, is_name) = match parsed {
         Ok(IpAddr::V6(ip)) => (format!("[{ip}]"), false),
         Ok(ip) => (ip.to_string(), false),
         Err(_) => (host.to_string(), true),
     };
-    Ok(ServerAddr { host, is_name, port })
+    Ok(ServerAddr {
+        host,
+        is_name,
+        port,
+        surprise,
+    })
 }
 
 /// A name gatehouse accepts (letters, digits, `-`, `_`, `.`; 1–64), made from an
@@ -334,6 +346,7 @@ mod tests {
             host: host.into(),
             is_name,
             port,
+            surprise: None,
         };
         assert_eq!(
             server_addr("192.168.4.11:6443"),
@@ -342,9 +355,36 @@ mod tests {
         assert_eq!(server_addr("arkveld:6443"), Ok(a("arkveld", true, Some(6443))));
         assert_eq!(server_addr("arkveld"), Ok(a("arkveld", true, None)));
         assert_eq!(server_addr("[fd00::1]:80"), Ok(a("[fd00::1]", false, Some(80))));
-        assert_eq!(server_addr("ipv6@fd00::1:80"), Ok(a("[fd00::1]", false, Some(80))));
-        assert_eq!(server_addr("fd00::1"), Ok(a("[fd00::1]", false, None)));
+        assert_eq!(server_addr("[fd00::1]"), Ok(a("[fd00::1]", false, None)));
         assert!(server_addr("10.0.0.1:+1000").unwrap_err().contains("relative"));
+    }
+
+    #[test]
+    fn ipv6_without_brackets_ends_in_its_port_as_haproxy_reads_it() {
+        let got = server_addr("2409:8080:5801:824f:2::12:6443").unwrap();
+        assert_eq!(
+            (got.host.as_str(), got.port),
+            ("[2409:8080:5801:824f:2::12]", Some(6443))
+        );
+        let note = got.surprise.expect("the whole is an IPv6 address too: reported");
+        assert!(note.contains("2409:8080:5801:824f:2:0:12:6443"), "{note}");
+        let got = server_addr("ipv6@fd00::1:80").unwrap();
+        assert_eq!((got.host.as_str(), got.port), ("[fd00::1]", Some(80)));
+        assert!(got.surprise.is_some());
+        // Nine groups are no IPv6 address: only one reading, nothing to report.
+        let got = server_addr("2001:db8:1:2:3:4:5:6:443").unwrap();
+        assert_eq!(
+            (got.host.as_str(), got.port, got.surprise),
+            ("[2001:db8:1:2:3:4:5:6]", Some(443), None)
+        );
+        // A trailing colon: no port, as in HAProxy (port 0).
+        let got = server_addr("fd00::1:").unwrap();
+        assert_eq!((got.host.as_str(), got.port), ("[fd00::1]", None));
+        // What HAProxy cannot resolve after taking the port, it refuses.
+        for word in ["fd00::1", "::1", "ipv6@fd00::1", "2409:8080:5801:824f:2:0:12:6443"] {
+            let e = server_addr(word).unwrap_err();
+            assert!(e.contains("refuses this line"), "{word}: {e}");
+        }
     }
 
     #[test]

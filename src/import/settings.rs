@@ -86,6 +86,8 @@ pub struct Settings {
     pub timeout_server: Option<At<Duration>>,
     pub timeout_tunnel: Option<At<Duration>>,
     pub timeout_check: Option<At<Duration>>,
+    /// How long a client waits for a server with room (`timeout queue`).
+    pub timeout_queue: Option<At<Duration>>,
     pub retries: Option<At<u32>>,
     pub redispatch: Option<At<bool>>,
     pub balance: Option<At<Balance>>,
@@ -124,6 +126,10 @@ pub struct ServerOpts {
     pub check_send_proxy: Option<At<bool>>,
     /// `tcp-ut`: TCP_USER_TIMEOUT towards the server.
     pub tcp_ut: Option<At<Duration>>,
+    /// `maxconn` (0: no limit), `maxqueue` (0: no bound), `minconn`.
+    pub maxconn: Option<At<u32>>,
+    pub maxqueue: Option<At<u32>>,
+    pub minconn: Option<At<u32>>,
 }
 
 macro_rules! inherit {
@@ -156,7 +162,10 @@ impl ServerOpts {
             resolvers,
             send_proxy,
             check_send_proxy,
-            tcp_ut
+            tcp_ut,
+            maxconn,
+            maxqueue,
+            minconn
         );
     }
 }
@@ -369,12 +378,25 @@ pub fn server_opts(line: &Line, first: usize, report: &mut Report) -> ServerOpts
                 Verdict::Dropped,
                 "`ssl`: gatehouse does not encrypt traffic to servers; it passes the client's bytes through".into(),
             ),
+            // Judged with the whole backend (`limits.rs`): the balance and the other
+            // servers decide what they come to.
             "maxconn" | "maxqueue" | "minconn" => {
                 used = 2;
-                say(
-                    Verdict::Dropped,
-                    format!("`{word}`: gatehouse has no per-server connection limit or queue"),
-                );
+                match arg.map(|a| (a, a.parse::<u32>())) {
+                    Some((_, Ok(n))) => {
+                        let slot = match word {
+                            "maxconn" => &mut o.maxconn,
+                            "maxqueue" => &mut o.maxqueue,
+                            _ => &mut o.minconn,
+                        };
+                        *slot = at(n, line);
+                    }
+                    Some((a, Err(e))) => say(Verdict::Dropped, format!("`{word} {a}`: {e}")),
+                    None => {
+                        say(Verdict::Dropped, format!("`{word}` without a value"));
+                        break;
+                    }
+                }
             }
             "id" => used = 2,
             "resolve-prefer" | "init-addr" | "resolve-opts" | "resolve-net" => {
@@ -430,6 +452,10 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
                 "server" => Some((&mut s.timeout_server, "idle_timeout")),
                 "tunnel" => Some((&mut s.timeout_tunnel, "idle_timeout")),
                 "check" => Some((&mut s.timeout_check, "health timeout")),
+                "queue" => Some((
+                    &mut s.timeout_queue,
+                    "queue_timeout (of the backends whose servers have maxconn)",
+                )),
                 _ => None,
             };
             match (slot, time(2)) {
@@ -445,7 +471,6 @@ pub fn apply(line: &Line, s: &mut Settings, report: &mut Report) -> bool {
                 (None, _) => say(
                     Verdict::Dropped,
                     &match *which {
-                        "queue" => "gatehouse has no queue: a client no server can take is closed at once".to_string(),
                         "client-fin" | "server-fin" => {
                             "a half-closed connection lives until idle_timeout in gatehouse".into()
                         }

@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::backend::{self, ServerLine};
+use super::backend::{self, rename_reason, unique_name, ServerLine};
 use super::bind::Binds;
 use super::emit::{self, Key, Output};
 use super::lexer::Line;
-use super::model::{self, fmt_duration, gatehouse_name, Kind, Section};
+use super::model::{self, fmt_duration, Kind, Section};
+use super::monitor::{self, Monitor};
 use super::report::{Report, Verdict};
 use super::rules::{self, Routing, Rules};
 use super::settings::{self, At, Settings};
@@ -33,6 +34,8 @@ struct Proxy<'a> {
     backend: Option<At<String>>,
     servers: Vec<ServerLine>,
     routing: Routing,
+    /// A `monitor-uri` frontend, for the admin listener.
+    monitor: Option<Monitor>,
 }
 
 pub fn translate(sections: &[Section], report: &mut Report) -> Output {
@@ -99,6 +102,8 @@ pub fn translate(sections: &[Section], report: &mut Report) -> Output {
     let main = main_defaults.unwrap_or(last_defaults);
     defaults(&main, &global, &proxies, &mut out, report);
     backends_and_listeners(&proxies, &main, &global, &mut out, report);
+    let monitors: Vec<Monitor> = proxies.iter().filter_map(|p| p.monitor.clone()).collect();
+    monitor::apply(&monitors, &mut out, report);
     out
 }
 
@@ -303,7 +308,12 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
         backend: None,
         servers: Vec::new(),
         routing: Routing::default(),
+        monitor: None,
     };
+    if http && section.kind != Kind::Backend && monitor::is_monitor(section) {
+        p.monitor = monitor::read(section, report);
+        return p;
+    }
     if http {
         let mut why = format!(
             "{} {} is in mode http: out of scope, gatehouse is an L4 (TCP) proxy",
@@ -343,6 +353,18 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             ["bind", addr, opts @ ..] if front => p.bind.read(line, addr, opts, report),
             ["default_backend", name] if front => {
                 say(Verdict::Translated, "backend".into());
+                // HAProxy keeps the last default_backend of a section, without a word.
+                if let Some(earlier) = &default {
+                    report.note(
+                        earlier.line,
+                        "",
+                        Verdict::Translated,
+                        format!(
+                            "no effect: the default_backend on line {} replaces it, as in HAProxy",
+                            line.number
+                        ),
+                    );
+                }
                 default = Some(At {
                     value: name.to_string(),
                     line: line.number,
@@ -496,6 +518,17 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         }
     }
     let main_idle = idle(main).map(|i| i.0);
+    // Names gatehouse takes as they are keep them: a renamed one yields on a clash.
+    let valid = |kinds: [Kind; 2]| -> Vec<String> {
+        tcp.iter()
+            .filter(|p| kinds.contains(&p.section.kind) && model::gatehouse_name(&p.section.name).is_none())
+            .map(|p| p.section.name.clone())
+            .collect()
+    };
+    let (valid_backends, valid_listeners) = (
+        valid([Kind::Backend, Kind::Listen]),
+        valid([Kind::Frontend, Kind::Listen]),
+    );
     let mut built: HashMap<&str, String> = HashMap::new();
     for p in tcp
         .iter()
@@ -511,7 +544,14 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         if p.servers.is_empty() && p.section.kind == Kind::Listen && p.backend.is_some() {
             continue; // a listen that only routes elsewhere
         }
-        let Some(mut b) = backend::build(name, header, &p.settings, &p.servers, &ctx, report) else {
+        let names_taken: Vec<String> = out
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .chain(others(&valid_backends, name))
+            .collect();
+        let gname = unique_name(name, header.number, &names_taken);
+        let Some(mut b) = backend::build((name, &gname), header, &p.settings, &p.servers, &ctx, report) else {
             continue;
         };
         per_backend(&p.settings, main, &mut b, header, report);
@@ -591,7 +631,21 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             }
             continue;
         };
-        let name = gatehouse_name(&p.section.name).unwrap_or_else(|| p.section.name.clone());
+        let names_taken: Vec<String> = out
+            .listeners
+            .iter()
+            .filter_map(|l| l.table.get("name").map(|k| k.value.trim_matches('"').to_string()))
+            .chain(others(&valid_listeners, &p.section.name))
+            .collect();
+        let name = unique_name(&p.section.name, h.number, &names_taken);
+        if name != p.section.name {
+            report.note(
+                h.number,
+                &h.text,
+                Verdict::Approximated,
+                format!("listener named {name:?}: {}", rename_reason(&p.section.name, &name)),
+            );
+        }
         let mut l = emit::Listener {
             lines: vec![h.number],
             table: emit::Table::default(),
@@ -652,6 +706,11 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             }
         }
     }
+}
+
+/// The names of `all` but `name`.
+fn others<'a>(all: &'a [String], name: &'a str) -> impl Iterator<Item = String> + 'a {
+    all.iter().filter(move |n| *n != name).cloned()
 }
 
 /// connect_timeout and retries where the backend differs from `[defaults]`.

@@ -7,7 +7,7 @@
 //! polling of the status API.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -70,4 +70,91 @@ pub fn names(front: SocketAddr, n: usize) -> HashMap<String, usize> {
         *seen.entry(name).or_insert(0) += 1;
     }
     seen
+}
+
+/// A server on a loopback address of its own whose health check goes to another port
+/// (`health.port`, the same number for every server of the backend), so the test
+/// decides its check apart from its traffic: [`Checked::sicken`] closes the check port
+/// and the server goes DOWN while its traffic port goes on accepting, as an API server
+/// whose `/readyz` fails still accepts TCP. A client sent to it anyway is seen
+/// (a `Backend::named` greets it, a `Backend::silent` leaves it hanging), where a
+/// killed server would only refuse and be retried elsewhere.
+pub struct Checked {
+    pub traffic: Backend,
+    check: Option<Backend>,
+    check_addr: SocketAddr,
+}
+
+impl Checked {
+    /// `n` servers, each with the traffic backend `traffic(i, addr)` makes on its own
+    /// address, and their common check port (its checks pass until [`Checked::sicken`]).
+    pub fn servers(n: usize, traffic: impl Fn(usize, SocketAddr) -> Backend) -> (Vec<Checked>, u16) {
+        let sick = Self::sick_servers(n, traffic);
+        let port = sick.1;
+        let servers = sick
+            .0
+            .into_iter()
+            .map(|mut s| {
+                s.heal();
+                s
+            })
+            .collect();
+        (servers, port)
+    }
+
+    /// Like [`Checked::servers`], every check port closed: DOWN from the first check.
+    pub fn sick_servers(n: usize, traffic: impl Fn(usize, SocketAddr) -> Backend) -> (Vec<Checked>, u16) {
+        for _ in 0..20 {
+            let first = TcpListener::bind((fresh_ip(), 0)).expect("bind a fresh loopback address");
+            let port = first.local_addr().unwrap().port();
+            let mut addrs = vec![first.local_addr().unwrap()];
+            let mut held = vec![first];
+            while addrs.len() < n {
+                let Ok(l) = TcpListener::bind((fresh_ip(), port)) else {
+                    break;
+                };
+                addrs.push(l.local_addr().unwrap());
+                held.push(l);
+            }
+            if addrs.len() < n {
+                continue;
+            }
+            drop(held);
+            let servers = addrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, check_addr)| Checked {
+                    traffic: traffic(i, SocketAddr::new(check_addr.ip(), 0)),
+                    check: None,
+                    check_addr,
+                })
+                .collect();
+            return (servers, port);
+        }
+        panic!("no port free on {n} fresh loopback addresses in 20 tries");
+    }
+
+    /// The address clients are sent to.
+    pub fn addr(&self) -> SocketAddr {
+        self.traffic.addr
+    }
+
+    /// Closes the check port: the check fails (refused), the traffic port still accepts.
+    pub fn sicken(&mut self) {
+        if let Some(check) = self.check.take() {
+            check.kill();
+        }
+    }
+
+    /// Opens the check port again: the check passes.
+    pub fn heal(&mut self) {
+        if self.check.is_none() {
+            self.check = Some(Backend::silent(self.check_addr));
+        }
+    }
+}
+
+/// A tcp check on `port`, with `rest` (e.g. `interval = "200ms", fall = 1`).
+pub fn check_on(port: u16, rest: &str) -> String {
+    format!(r#"health = {{ check = "tcp", port = {port}, {rest} }}"#)
 }

@@ -7,7 +7,13 @@
 
 pub mod checks;
 pub mod exposition;
+pub mod haproxy;
 pub mod pool;
+pub mod skips;
+pub mod sockets;
+pub mod tools;
+
+pub use tools::*;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -295,6 +301,15 @@ impl Backend {
         })
     }
 
+    /// Accepts and never says a word: reads until the client closes. A client that
+    /// reaches it hangs, so a wrong pick shows (where a refusing server is retried).
+    pub fn silent(addr: SocketAddr) -> Backend {
+        Backend::serve(addr, |mut s| {
+            let mut buf = [0u8; 4096];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        })
+    }
+
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Acquire)
     }
@@ -425,12 +440,13 @@ pub fn path_in(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Skips a test that needs something this machine lacks, loudly.
+/// Skips a test that needs something this machine lacks (root, a tool), loudly: the
+/// skip is recorded in `target/tmp/skips.txt`, and with `CI` set it fails the test
+/// unless `skips::ALLOWED` lists it. Never for a setup error: that is a failure.
 #[macro_export]
 macro_rules! skip {
     ($($arg:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($arg)*));
-        println!("SKIPPED: {}", format!($($arg)*));
+        $crate::common::skips::skip(module_path!(), &format!($($arg)*));
         return;
     }};
 }
@@ -481,11 +497,20 @@ impl Gatehouse {
             log_path,
             bound: HashMap::new(),
         };
-        let msg = match g.wait_notify(|m| m.contains("READY=1"), Duration::from_secs(30)) {
-            Ok(m) => m,
-            Err(e) => {
-                let status = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                return Err(format!("{e} (exit: {status:?})\nlog:\n{}", g.log()));
+        // READY=1 within 30 s; a gatehouse that exits instead is told at once.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let msg = loop {
+            let step = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
+            match g.wait_notify(|m| m.contains("READY=1"), step) {
+                Ok(m) => break m,
+                Err(e) => {
+                    let status = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                    if status.is_some() || Instant::now() >= deadline {
+                        return Err(format!("{e} (exit: {status:?})\nlog:\n{}", g.log()));
+                    }
+                }
             }
         };
         for list in msg.lines().filter_map(|l| l.strip_prefix("X_GATEHOUSE_LISTENERS=")) {
@@ -496,6 +521,31 @@ impl Gatehouse {
             }
         }
         Ok((g, msg))
+    }
+
+    /// Starts gatehouse on `config` with `RLIMIT_NOFILE` set to `nofile` (soft and hard).
+    pub fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
+        use std::os::unix::process::CommandExt;
+        let (g, _) = Gatehouse::start_command(config, |path| {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config").arg(path);
+            let limit = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `limit` is a plain value copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd
+        })
+        .unwrap_or_else(|e| panic!("gatehouse did not start: {e}"));
+        g
     }
 
     /// Starts gatehouse on `config` inside network namespace `ns` (`ip netns exec`).
@@ -550,177 +600,4 @@ pub fn try_connect_from(
     s.set_read_timeout(Some(io))?;
     s.set_write_timeout(Some(io))?;
     Ok(s)
-}
-
-/// Whether `program` can be run (found on PATH).
-pub fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// A free TCP port on `ip` (bound and released: another process may take it, rarely).
-pub fn free_port(ip: std::net::IpAddr) -> Option<u16> {
-    TcpListener::bind(SocketAddr::new(ip, 0))
-        .ok()?
-        .local_addr()
-        .ok()
-        .map(|a| a.port())
-}
-
-/// The path of `name` in PATH, if it is installed.
-pub fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// Kills a child process we started (and its process group) when dropped.
-pub struct Reaper {
-    pub child: Child,
-    pub group: bool,
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if self.group {
-            // SAFETY: kill(2) on the process group of a child we started in its own group.
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs headless Chromium (`bin`, from [`tool`]) on `url` with `extra` arguments
-/// (`--dump-dom`, `--screenshot=`), its profile in `profile`, killed after 60 s;
-/// returns its stdout.
-pub fn chromium(bin: &Path, profile: &Path, extra: &[String], url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let out_path = profile.with_extension("out");
-    let err_path = profile.with_extension("err");
-    let child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("run chromium");
-    let mut run = Reaper { child, group: true };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = run.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "chromium did not finish within 60 s; stderr:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(run);
-    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(status.success(), "chromium exited with {status}:\n{err}");
-    std::fs::read_to_string(&out_path).unwrap_or_default()
-}
-
-/// A 1280×900 screenshot of `url` written to `shot` by [`chromium`] (profile in
-/// `profile`), a stale one removed first; returns the file's bytes (none if it wrote none).
-pub fn screenshot(bin: &Path, profile: &Path, url: &str, shot: &Path) -> Vec<u8> {
-    if let Some(dir) = shot.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let _ = std::fs::remove_file(shot);
-    chromium(
-        bin,
-        profile,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900".into(),
-            "--hide-scrollbars".into(),
-        ],
-        url,
-    );
-    std::fs::read(shot).unwrap_or_default()
-}
-
-/// Runs `ip ARGS` (iproute2); Err says which command failed and why.
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Moves the calling thread into network namespace `ns`: sockets it makes from now on
-/// live there.
-pub fn enter(ns: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
-    // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`: sockets it makes live there.
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    thread::spawn(move || {
-        enter(&ns).unwrap_or_else(|e| panic!("enter {ns}: {e}"));
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
-}
-
-/// Runs `promtool check metrics` (`promtool`, from [`tool`]) on the exposition `body`:
-/// its exit status and what it said (stdout, then stderr).
-pub fn promtool_check_metrics(promtool: &Path, body: &str) -> (ExitStatus, String) {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, said)
 }

@@ -75,14 +75,17 @@ pub fn connect_to(addr: SocketAddr, want: &str) -> TcpStream {
     panic!("no connection landed on {want} in 10 tries: {seen:?}");
 }
 
-/// Runs `gatehouse ARGS` to its end (bounded by the CLI's own timeouts).
+/// Runs `gatehouse ARGS` to its end (within 60 s: killed, and the test fails, past it).
 pub fn gatehouse_cli(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("GATEHOUSE_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run gatehouse")
+    output_within(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("GATEHOUSE_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null()),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("gatehouse {args:?}: {e}"))
 }
 
 /// `gatehouse ctl --admin ADMIN ARGS`, with a config path that does not exist, so that

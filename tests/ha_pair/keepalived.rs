@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{wait_until, Gatehouse, BIN};
+use crate::common::{output_within, wait_until, Gatehouse, BIN};
 use crate::{ADMIN, BE1, BE2, LB1, LB2, VIP};
 
 const SHIPPED: &str = include_str!("../../deploy/keepalived/keepalived.conf");
@@ -44,7 +44,7 @@ pub fn start_gatehouse(ns: &str) -> Gatehouse {
 pub fn keepalived_config() -> String {
     let mut text = SHIPPED.to_string();
     for (from, to) in [
-        ("http://127.0.0.1:9100/readyz", format!("http://{ADMIN}/readyz")),
+        ("http://127.0.0.1:8405/readyz", format!("http://{ADMIN}/readyz")),
         ("eno1", "eth0".to_string()),
         ("192.168.1.99", LB1.to_string()),
         ("192.168.1.98", LB2.to_string()),
@@ -140,14 +140,17 @@ impl Drop for Keepalived {
 }
 
 pub fn ctl(ns: &str, g: &Gatehouse, action: &str, server: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(BIN)
-        .arg("--config")
-        .arg(&g.config_path)
-        .args(["ctl", action, server])
-        .output()
-        .expect("gatehouse ctl");
+    let out = output_within(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(BIN)
+            .arg("--config")
+            .arg(&g.config_path)
+            .args(["ctl", action, server])
+            .stdin(Stdio::null()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("gatehouse ctl {action} {server}: {e}"));
     assert!(
         out.status.success(),
         "gatehouse ctl {action} {server}: {}{}",
@@ -157,9 +160,5 @@ pub fn ctl(ns: &str, g: &Gatehouse, action: &str, server: &str) {
 }
 
 pub fn missing_tool(tool: &str) -> bool {
-    !Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::common::tool(tool).is_none()
 }

@@ -34,7 +34,7 @@ const LB2: &str = "10.250.0.12";
 const CLIENT: &str = "10.250.0.2";
 const BE1: &str = "10.250.0.21";
 const BE2: &str = "10.250.0.22";
-const ADMIN: &str = "127.0.0.1:9100";
+const ADMIN: &str = "127.0.0.1:8405";
 
 // ---------------------------------------------------------------- the test
 
@@ -51,7 +51,8 @@ fn a_keepalived_pair_moves_the_vip_when_gatehouse_fails_or_drains() {
     }
     let net = match Net::build() {
         Ok(n) => n,
-        Err(e) => skip!("cannot make network namespaces here: {e}"),
+        // Root with `ip`: a namespace that cannot be made is a broken setup, not a skip.
+        Err(e) => panic!("cannot make the network namespaces: {e}"),
     };
     let (lb1, lb2) = (net.ns("lb1"), net.ns("lb2"));
     let dir = tempfile::tempdir().unwrap();
@@ -335,12 +336,11 @@ fn a_mistyped_ready_when_is_refused_with_its_place_and_the_choices() {
     let path = dir.path().join("gatehouse.toml");
     let config = down_backend_config("ready_when = \"all-backend\"");
     std::fs::write(&path, &config).unwrap();
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        Command::new(BIN).arg("check").arg("--config").arg(&path),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("gatehouse check: {e}"));
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "check accepted {config}");
     assert!(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{enter, in_ns, ip, wait_until};
+use crate::common::{enter, in_ns, ip, output_within, wait_until};
 use crate::{ADMIN, BE1, BE2, CLIENT, LB1, LB2, VIP};
 
 // ---------------------------------------------------------------- namespaces
@@ -55,11 +55,12 @@ impl Net {
 
     /// Whether namespace `role` holds the VIP now.
     pub fn has_vip(&self, role: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.ns(role), "-4", "-o", "addr", "show", "dev", "eth0"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/")))
-            .unwrap_or(false)
+        output_within(
+            Command::new("ip").args(["-n", &self.ns(role), "-4", "-o", "addr", "show", "dev", "eth0"]),
+            Duration::from_secs(10),
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/")))
+        .unwrap_or(false)
     }
 }
 
