@@ -8,7 +8,6 @@
 //! descriptors, memory, buffers or ephemeral ports says nothing about the server.
 //! Socket options for the server side (no delay, keepalive, user timeout) are set here.
 
-use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -16,56 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::balance::{self, Pick, Request};
 use crate::ratelimit::RateLimitedLog;
 use crate::runtime::{servers_changed_signal, Backend, Endpoint, Queue, Refusal, Slot};
 
-/// Why a connect to a server failed. Passive health and metrics act on the kind.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connection refused")]
-    Refused,
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("unreachable: {0}")]
-    Unreachable(io::Error),
-    #[error("{0}")]
-    Other(io::Error),
-    /// Gatehouse's own failure (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL), with
-    /// its index in [`crate::metrics::LOCAL_ERROR_REASONS`]: not the server's fault.
-    #[error("local failure, not the server's: {0}")]
-    Local(io::Error, usize),
-}
-
-impl ConnectError {
-    /// The `reason` label of `gatehouse_connect_errors_total`; indexes
-    /// [`crate::metrics::CONNECT_ERROR_REASONS`].
-    pub fn reason_index(&self) -> usize {
-        match self {
-            ConnectError::Refused => 0,
-            ConnectError::Timeout(_) => 1,
-            ConnectError::Unreachable(_) => 2,
-            ConnectError::Other(_) | ConnectError::Local(..) => 3,
-        }
-    }
-
-    /// An error of gatehouse itself, or one from the socket calls of a connect.
-    pub fn from_io(e: io::Error) -> Self {
-        if let Some(reason) = crate::metrics::local_reason(&e) {
-            return ConnectError::Local(e, reason);
-        }
-        match e.kind() {
-            io::ErrorKind::ConnectionRefused => ConnectError::Refused,
-            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ConnectError::Unreachable(e),
-            _ => match e.raw_os_error() {
-                Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => ConnectError::Unreachable(e),
-                _ => ConnectError::Other(e),
-            },
-        }
-    }
-}
+pub use crate::dial::ConnectError;
 
 static CONNECT_FAILURE_LOG: RateLimitedLog = RateLimitedLog::new();
 static LOCAL_FAILURE_LOG: RateLimitedLog = RateLimitedLog::new();
@@ -315,16 +271,8 @@ pub async fn connect_one(
     timeout: Duration,
     keepalive: Option<Duration>,
 ) -> Result<TcpStream, ConnectError> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(ConnectError::from_io)?;
-    socket.set_nodelay(true).map_err(ConnectError::from_io)?;
-    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(ConnectError::from_io(e)),
+    let stream = match tokio::time::timeout(timeout, crate::dial::dial(addr, true)).await {
+        Ok(connected) => connected?,
         Err(_) => return Err(ConnectError::Timeout(timeout)),
     };
     set_keepalive(&stream, keepalive);
@@ -387,6 +335,7 @@ pub fn client_key(peer: SocketAddr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[test]
     fn gatehouse_s_own_shortages_are_local_failures_not_the_server_s() {

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::certwatch::{self, CertReport, Watch, Watching};
 use crate::clock::unix_now;
 use crate::config::{CertFailure, CheckKind, HealthConfig, Host, HttpCheck, ProxyVersion, TlsCheck};
-use crate::connect::{connect_one, ConnectError};
+use crate::dial::{dial, ConnectError};
 use crate::edge::proxy_protocol;
 use crate::runtime::{AdminState, CheckReport, Endpoint, Server};
 
@@ -345,7 +345,8 @@ impl Prepared {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, CheckFailure> {
-        let stream = connect_one(addr, self.timeout, None).await.map_err(|e| CheckFailure {
+        // Bounded by the check's own timeout (`run_watched`), which covers the connect.
+        let stream = dial(addr, false).await.map_err(|e| CheckFailure {
             reason: match e {
                 ConnectError::Refused => "refused",
                 ConnectError::Timeout(_) => "timeout",

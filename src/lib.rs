@@ -9,7 +9,7 @@
 //! configuration into a gatehouse one.
 //!
 //! Imports point downward only (`tests/layout.rs` checks it), top to bottom: `app`,
-//! `admin`, `control`, `listener`, `cores`, `proxy`, `forward`, `health`, `resolve`, `connect`,
+//! `admin`, `control`, `listener`, `cores`, `proxy`, `forward`, `health`, `resolve`, `connect`, `dial`,
 //! `runtime`, `certwatch`, `balance`, `metrics`, `config`, `systemd`, `ratelimit`, `clock`; `edge`
 //! (pure: source rules, limits, PROXY protocol, SNI) imports nothing of gatehouse, nor
 //! does [`log_queue`], where log lines wait for the writer thread.
@@ -23,6 +23,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod cores;
+pub mod dial;
 pub mod edge;
 pub mod forward;
 pub mod health;

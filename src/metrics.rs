@@ -241,8 +241,9 @@ pub struct ListenerMetrics {
     pub rejected_denied: Counter,
     pub rejected_source_limit: Counter,
     pub duration: Histogram,
-    /// Indexed like [`PROXY_REFUSAL_REASONS`].
-    pub rejected_proxy: [Counter; 8],
+    /// Indexed like [`PROXY_REFUSAL_REASONS`]; made when a reason first happens (only
+    /// `accept_proxy` listeners have any).
+    pub rejected_proxy: ReasonCounters<8>,
 }
 
 impl ListenerMetrics {
@@ -255,16 +256,20 @@ impl ListenerMetrics {
             rejected_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "limit"),
             rejected_denied: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "denied"),
             rejected_source_limit: counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => "source_limit"),
-            rejected_proxy: PROXY_REFUSAL_REASONS
-                .map(|r| counter!(CONNECTIONS_REJECTED, "listener" => l.clone(), "reason" => r)),
+            rejected_proxy: ReasonCounters::new(
+                CONNECTIONS_REJECTED,
+                vec![metrics::Label::new("listener", l.clone())],
+                &PROXY_REFUSAL_REASONS,
+            ),
             duration: histogram!(CONNECTION_DURATION, "listener" => l),
         }
     }
 
-    /// The counter of a PROXY header refusal, by its reason.
-    pub fn proxy_refused(&self, reason: &str) -> Option<&Counter> {
-        let i = PROXY_REFUSAL_REASONS.iter().position(|r| *r == reason)?;
-        self.rejected_proxy.get(i)
+    /// Counts a PROXY header refusal, by its reason.
+    pub fn proxy_refused(&self, reason: &str) {
+        if let Some(i) = PROXY_REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.rejected_proxy.increment(i);
+        }
     }
 }
 

@@ -268,9 +268,7 @@ async fn open<'a>(
         Some(trusted) => match accept_proxy(client, peer, trusted, listener).await {
             Ok(carried) => (carried.source.unwrap_or(peer), carried.dest),
             Err(refusal) => {
-                if let Some(c) = listener.metrics.proxy_refused(refusal.reason()) {
-                    c.increment(1);
-                }
+                listener.metrics.proxy_refused(refusal.reason());
                 note_rejected(&listener.name, peer, &format!("{}: {refusal}", refusal.reason()));
                 return None;
             }
