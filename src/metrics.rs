@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use crate::edge::inspect::PROXY_REFUSAL_REASONS;
+pub use crate::edge::inspect::{PROXY_REFUSAL_REASONS, SNI_DEFAULT_REASONS};
 
 pub const CONNECTIONS_ACCEPTED: &str = "gatehouse_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "gatehouse_connections_active";
@@ -35,6 +35,7 @@ pub const CONNECTIONS_OPEN: &str = "gatehouse_connections_open";
 pub const ACCEPT_PAUSED: &str = "gatehouse_accept_paused_seconds_total";
 pub const LOCAL_ERRORS: &str = "gatehouse_local_errors_total";
 pub const LOG_LINES_DROPPED: &str = "gatehouse_log_lines_dropped_total";
+pub const SNI_DEFAULT: &str = "gatehouse_sni_default_total";
 pub const EVENT_LOOP_LAG: &str = "gatehouse_event_loop_lag_seconds";
 pub const EVENT_LOOP_ACCEPTED: &str = "gatehouse_event_loop_accepted_total";
 // Issue 22: per-server limits and the backend's queue.
@@ -132,6 +133,10 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS_MAX,
         "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."
+    );
+    describe_counter!(
+        SNI_DEFAULT,
+        "Clients of an SNI-routed listener sent to its default backend, by why: not_tls, no_sni, malformed, timeout, closed, no_route."
     );
     describe_counter!(
         LOG_LINES_DROPPED,
@@ -244,6 +249,8 @@ pub struct ListenerMetrics {
     /// Indexed like [`PROXY_REFUSAL_REASONS`]; made when a reason first happens (only
     /// `accept_proxy` listeners have any).
     pub rejected_proxy: ReasonCounters<8>,
+    /// Indexed like [`SNI_DEFAULT_REASONS`]; made when a reason first happens.
+    pub sni_default: ReasonCounters<6>,
 }
 
 impl ListenerMetrics {
@@ -261,7 +268,20 @@ impl ListenerMetrics {
                 vec![metrics::Label::new("listener", l.clone())],
                 &PROXY_REFUSAL_REASONS,
             ),
+            sni_default: ReasonCounters::new(
+                SNI_DEFAULT,
+                vec![metrics::Label::new("listener", l.clone())],
+                &SNI_DEFAULT_REASONS,
+            ),
             duration: histogram!(CONNECTION_DURATION, "listener" => l),
+        }
+    }
+
+    /// Counts a client sent to the default backend, by its reason (one of
+    /// [`SNI_DEFAULT_REASONS`]).
+    pub fn sni_defaulted(&self, reason: &str) {
+        if let Some(i) = SNI_DEFAULT_REASONS.iter().position(|r| *r == reason) {
+            self.sni_default.increment(i);
         }
     }
 

@@ -577,11 +577,11 @@ impl BackendTraffic {
 
 impl Listener {
     /// The backend for a client that asked for `sni` (and its traffic handles): the
-    /// matching route's, else the listener's own.
-    pub fn route(&self, sni: Option<&str>) -> (&Arc<Backend>, &BackendTraffic) {
+    /// matching route's, else the listener's own; and whether a route matched.
+    pub fn route(&self, sni: Option<&str>) -> (&Arc<Backend>, &BackendTraffic, bool) {
         match sni.and_then(|name| self.routes.route(name)) {
-            Some(r) => (&r.backend, &r.traffic),
-            None => (&self.backend, &self.traffic),
+            Some(r) => (&r.backend, &r.traffic, true),
+            None => (&self.backend, &self.traffic, false),
         }
     }
 }
@@ -762,3 +762,6 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod selection_tests;

@@ -55,3 +55,66 @@ fn a_failing_readyz_names_the_failing_checks() {
         g.log()
     );
 }
+
+/// An SNI-routed listener whose default backend echoes.
+fn routed(default: std::net::SocketAddr, routed_to: std::net::SocketAddr) -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+backend = "ingress"
+inspect_timeout = "300ms"
+routes = [{{ sni = ["k8s.example.com"], backend = "k8s" }}]
+[backend.k8s]
+servers = ["{routed_to}"]
+health = {{ check = "none" }}
+[backend.ingress]
+servers = ["{default}"]
+health = {{ check = "none" }}
+"#
+    )
+}
+
+#[test]
+fn a_client_sent_to_the_default_backend_is_counted_and_logged_with_why() {
+    let default = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let k8s = Backend::echo("127.0.0.1:0".parse().unwrap());
+    let g = Gatehouse::start(&routed(default.addr, k8s.addr));
+    let (front, admin) = (g.addr("tls"), g.admin());
+    // A plain-text client: not TLS at all.
+    let mut plain = connect(front);
+    common::pool::round_trip(&mut plain, "GET / HTTP/1.0\r\n\r\n").expect("served by the default backend");
+    drop(plain);
+    // A client that sends nothing: the peek times out.
+    let mut silent = connect(front);
+    std::thread::sleep(Duration::from_millis(400)); // past inspect_timeout: the timeout is what is tested
+    common::pool::round_trip(&mut silent, "late\n").expect("served by the default backend");
+    drop(silent);
+    let count = |reason: &str| {
+        metric(
+            admin,
+            "gatehouse_sni_default_total",
+            &[("listener", "tls"), ("reason", reason)],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || count("not_tls") == 1.0
+            && count("timeout") == 1.0),
+        "not_tls {} timeout {}",
+        count("not_tls"),
+        count("timeout")
+    );
+    assert_eq!(count("no_sni"), 0.0);
+    assert_eq!(default.accepted(), 2);
+    assert_eq!(k8s.accepted(), 0);
+    for why in ["sni_default=not_tls", "sni_default=timeout"] {
+        assert!(
+            g.wait_log(why, Duration::from_secs(5)),
+            "no close line with {why}:\n{}",
+            g.log()
+        );
+    }
+    figure!("sni default: not_tls and timeout counted and named in the close lines");
+}

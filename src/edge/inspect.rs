@@ -116,7 +116,23 @@ pub enum NoName {
     Error,
 }
 
+/// Why a client of an SNI-routed listener went to its default backend, as
+/// `gatehouse_sni_default_total{reason}` and the close line's `sni_default` name it.
+pub const SNI_DEFAULT_REASONS: [&str; 6] = ["not_tls", "no_sni", "malformed", "timeout", "closed", "no_route"];
+
 impl NoName {
+    /// Its reason among [`SNI_DEFAULT_REASONS`] (`no_route` is for a name no route
+    /// matches, which is not a `NoName`).
+    pub fn default_reason(self) -> &'static str {
+        match self {
+            NoName::Parsed("sni_not_tls") => "not_tls",
+            NoName::Parsed("sni_missing") => "no_sni",
+            NoName::Parsed(_) => "malformed",
+            NoName::Timeout => "timeout",
+            NoName::Closed | NoName::Error => "closed",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NoName::Parsed(r) => r,
