@@ -70,29 +70,18 @@ impl Connections {
     }
 }
 
-/// Connections open in the process (over every `Connections`).
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// How many client connections are open now, the one logging its close included: the
-/// log writer buffers close lines while there are several.
-pub fn open_connections() -> usize {
-    OPEN.load(Ordering::Relaxed)
-}
-
 /// Counts one connection while it lives.
 struct Tracked<'a>(&'a Connections);
 
 impl<'a> Tracked<'a> {
     fn new(c: &'a Connections) -> Self {
         c.active.fetch_add(1, Ordering::AcqRel);
-        OPEN.fetch_add(1, Ordering::Relaxed);
         Tracked(c)
     }
 }
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
