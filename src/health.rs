@@ -331,7 +331,12 @@ impl Prepared {
         }
         let stream = self.connect(addr).await?;
         match &self.kind {
-            PreparedKind::None | PreparedKind::Tcp => Ok(Passed::Tcp(addr)),
+            PreparedKind::None | PreparedKind::Tcp => {
+                // Closed with a reset, as HAProxy closes its checks: a FIN would leave
+                // this side in TIME_WAIT, a socket a minute for every check.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                Ok(Passed::Tcp(addr))
+            }
             PreparedKind::Tls(t) => {
                 let _tls = self.handshakes(t, host, addr, stream, certs).await?;
                 Ok(Passed::Tls(addr))

@@ -10,7 +10,7 @@ mod cli;
 /// jemalloc: an idle connection's task and socket registrations (blocks aligned to 128
 /// bytes) take their size class and no padding, and memory freed after a burst goes back
 /// to the kernel (see [`MALLOC_CONF`]). benches/README.md has the figures against glibc,
-/// mimalloc and the pools gatehouse had before.
+/// mimalloc and hand-written pools.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

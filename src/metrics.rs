@@ -38,7 +38,7 @@ pub const LOG_LINES_DROPPED: &str = "gatehouse_log_lines_dropped_total";
 pub const SNI_DEFAULT: &str = "gatehouse_sni_default_total";
 pub const EVENT_LOOP_LAG: &str = "gatehouse_event_loop_lag_seconds";
 pub const EVENT_LOOP_ACCEPTED: &str = "gatehouse_event_loop_accepted_total";
-// Issue 22: per-server limits and the backend's queue.
+// The backend's queue of clients waiting for a server under its max_connections.
 pub const QUEUE_LENGTH: &str = "gatehouse_queue_length";
 pub const QUEUE_WAIT: &str = "gatehouse_queue_wait_seconds";
 pub const QUEUE_REFUSED: &str = "gatehouse_queue_refused_total";
@@ -130,6 +130,12 @@ fn describe() {
         SERVER_CERT_ISSUER_EXPECTED,
         "1 when a server's certificate for a name has the expected issuer (or none is expected), else 0."
     );
+    describe_process();
+}
+
+/// The descriptions of the process's own metrics: its limits, its event loops, its log.
+fn describe_process() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(
         CONNECTIONS_MAX,
         "The connection ceiling: client connections the open-file limit (or [defaults] max_connections) allows at once."

@@ -586,6 +586,115 @@ impl Listener {
     }
 }
 
+/// The backend of `bc`, carrying over from `old` its queue, its rotation and the
+/// servers that stay (into `kept`; new ones into `added`).
+fn build_backend(
+    bc: &BackendConfig,
+    old: Option<&Snapshot>,
+    added: &mut Vec<Arc<Server>>,
+    kept: &mut Vec<Arc<Server>>,
+) -> Arc<Backend> {
+    let old_backend = old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name));
+    // The queue outlives a reload, so that places given back by connections of
+    // the old snapshot wake the clients that wait; it is made once a server of
+    // the backend has a limit.
+    let queue = match old_backend.and_then(|b| b.queue.clone()) {
+        Some(q) => Some(q),
+        None => bc.limited().then(|| Arc::new(Queue::new(&bc.name))),
+    };
+    let servers = bc
+        .servers
+        .iter()
+        .map(|sc| server_entry(bc, sc, old, added, kept))
+        .collect::<Vec<ServerEntry>>();
+    if let Some(q) = &queue {
+        for e in &servers {
+            e.server.join_queue(q);
+        }
+    }
+    // The rotation goes on over the servers that stay, like their health.
+    let picker = match old_backend {
+        Some(ob) => {
+            let old_index: Vec<Option<usize>> = servers
+                .iter()
+                .map(|e| ob.servers.iter().position(|o| Arc::ptr_eq(&o.server, &e.server)))
+                .collect();
+            Picker::carry_over(&ob.picker, &old_index)
+        }
+        None => Picker::default(),
+    };
+    Arc::new(Backend {
+        name: bc.name.as_str().into(),
+        config: bc.clone(),
+        servers,
+        picker,
+        queue,
+    })
+}
+
+/// The entry of server `sc`: the server of `old` if its address and check are the
+/// same (into `kept`), else a new one (into `added`).
+fn server_entry(
+    bc: &BackendConfig,
+    sc: &ServerConfig,
+    old: Option<&Snapshot>,
+    added: &mut Vec<Arc<Server>>,
+    kept: &mut Vec<Arc<Server>>,
+) -> ServerEntry {
+    let previous = old.and_then(|o| o.server(&bc.name, &sc.name));
+    let server = match previous {
+        Some(p) if p.host == sc.host && p.port == sc.port && p.health == bc.health => {
+            kept.push(p.clone());
+            p
+        }
+        _ => {
+            let s = Server::new(&bc.name, sc, &bc.health);
+            // Operator state outlives an address or check change.
+            if let Some(p) = previous {
+                s.admin.store(p.admin_state() as u8, Ordering::Release);
+            }
+            added.push(s.clone());
+            s
+        }
+    };
+    ServerEntry {
+        key: balance::hash_bytes(sc.name.as_bytes()),
+        server,
+        weight: sc.weight,
+        backup: sc.backup,
+        slow_start: bc.slow_start,
+        max_connections: sc.max_connections,
+    }
+}
+
+/// The listener of `lc`, keeping its counters and its clients' admission state from
+/// `old`; `None` when its backend is not among `backends`.
+fn build_listener(lc: &ListenerConfig, backends: &[Arc<Backend>], old: Option<&Snapshot>) -> Option<Arc<Listener>> {
+    let backend = backends.iter().find(|b| *b.name == *lc.backend)?.clone();
+    let traffic = BackendTraffic::new(&lc.name, &backend);
+    let counters = old
+        .and_then(|o| o.listener(&lc.name))
+        .map(|l| l.counters.clone())
+        .unwrap_or_default();
+    let admission = Admission::new(
+        &lc.sources.allow,
+        &lc.sources.deny,
+        lc.source_limit.map(|s| (s.limits, s.sources)),
+        old.and_then(|o| o.listener(&lc.name)).map(|l| &l.admission),
+    );
+    Some(Arc::new(Listener {
+        admission,
+        name: lc.name.as_str().into(),
+        config: lc.clone(),
+        backend,
+        metrics: ListenerMetrics::new(&lc.name),
+        traffic,
+        counters,
+        trusted: lc.accept_proxy.as_ref().map(|a| SourceRules::new(&a.trusted, &[])),
+        routes: build_routes(lc, backends),
+    }))
+}
+
 fn build_routes(lc: &ListenerConfig, backends: &[Arc<Backend>]) -> SniRoutes<Route> {
     let routes = lc.routes.iter().filter_map(|rc| {
         let backend = backends.iter().find(|b| *b.name == *rc.backend)?.clone();
@@ -631,98 +740,12 @@ impl Snapshot {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|bc| {
-                let old_backend = old.and_then(|o| o.backends.iter().find(|b| *b.name == *bc.name));
-                // The queue outlives a reload, so that places given back by connections of
-                // the old snapshot wake the clients that wait; it is made once a server of
-                // the backend has a limit.
-                let queue = match old_backend.and_then(|b| b.queue.clone()) {
-                    Some(q) => Some(q),
-                    None => bc.limited().then(|| Arc::new(Queue::new(&bc.name))),
-                };
-                let servers = bc
-                    .servers
-                    .iter()
-                    .map(|sc| {
-                        let previous = old.and_then(|o| o.server(&bc.name, &sc.name));
-                        let server = match previous {
-                            Some(p) if p.host == sc.host && p.port == sc.port && p.health == bc.health => {
-                                kept.push(p.clone());
-                                p
-                            }
-                            _ => {
-                                let s = Server::new(&bc.name, sc, &bc.health);
-                                // Operator state outlives an address or check change.
-                                if let Some(p) = previous {
-                                    s.admin.store(p.admin_state() as u8, Ordering::Release);
-                                }
-                                added.push(s.clone());
-                                s
-                            }
-                        };
-                        ServerEntry {
-                            key: balance::hash_bytes(sc.name.as_bytes()),
-                            server,
-                            weight: sc.weight,
-                            backup: sc.backup,
-                            slow_start: bc.slow_start,
-                            max_connections: sc.max_connections,
-                        }
-                    })
-                    .collect::<Vec<ServerEntry>>();
-                if let Some(q) = &queue {
-                    for e in &servers {
-                        e.server.join_queue(q);
-                    }
-                }
-                // The rotation goes on over the servers that stay, like their health.
-                let picker = match old_backend {
-                    Some(ob) => {
-                        let old_index: Vec<Option<usize>> = servers
-                            .iter()
-                            .map(|e| ob.servers.iter().position(|o| Arc::ptr_eq(&o.server, &e.server)))
-                            .collect();
-                        Picker::carry_over(&ob.picker, &old_index)
-                    }
-                    None => Picker::default(),
-                };
-                Arc::new(Backend {
-                    name: bc.name.as_str().into(),
-                    config: bc.clone(),
-                    servers,
-                    picker,
-                    queue,
-                })
-            })
+            .map(|bc| build_backend(bc, old, &mut added, &mut kept))
             .collect();
         let listeners = config
             .listeners
             .iter()
-            .filter_map(|lc| {
-                let backend = backends.iter().find(|b| *b.name == *lc.backend)?.clone();
-                let traffic = BackendTraffic::new(&lc.name, &backend);
-                let counters = old
-                    .and_then(|o| o.listener(&lc.name))
-                    .map(|l| l.counters.clone())
-                    .unwrap_or_default();
-                let admission = Admission::new(
-                    &lc.sources.allow,
-                    &lc.sources.deny,
-                    lc.source_limit.map(|s| (s.limits, s.sources)),
-                    old.and_then(|o| o.listener(&lc.name)).map(|l| &l.admission),
-                );
-                Some(Arc::new(Listener {
-                    admission,
-                    name: lc.name.as_str().into(),
-                    config: lc.clone(),
-                    backend,
-                    metrics: ListenerMetrics::new(&lc.name),
-                    traffic,
-                    counters,
-                    trusted: lc.accept_proxy.as_ref().map(|a| SourceRules::new(&a.trusted, &[])),
-                    routes: build_routes(lc, &backends),
-                }))
-            })
+            .filter_map(|lc| build_listener(lc, &backends, old))
             .collect();
         let removed = old
             .map(|o| {

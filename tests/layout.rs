@@ -1,11 +1,13 @@
 //! The shape of the source tree, as the README's module table promises it: every
 //! module of the library imports only modules below it (no cycles among `src/`
-//! modules), and no source file, of the library or of the tests, is over 800 lines.
+//! modules), no source file, of the library or of the tests, is over 800 lines, and no
+//! function in `src/` (test code there included) is over 100 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 800;
+const MAX_FN_LINES: usize = 100;
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -65,6 +67,62 @@ fn crate_references(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// Whether `line` opens a function: after its indentation, any of `pub`, `pub(..)`,
+/// `const`, `async`, `unsafe`, `extern "ABI"`, `default`, then `fn NAME`. Comments
+/// start with `//` and so never match.
+fn opens_fn(line: &str) -> bool {
+    let mut rest = line.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("fn ") {
+            return r.starts_with(|c: char| c.is_alphabetic() || c == '_');
+        }
+        let word_end = match rest.strip_prefix("pub(") {
+            Some(r) => r.find(')').map(|i| "pub(".len() + i + 1),
+            None if rest.starts_with("extern \"") => rest[8..].find('"').map(|i| 8 + i + 1),
+            None => ["pub", "const", "async", "unsafe", "default"]
+                .into_iter()
+                .find(|q| rest.strip_prefix(q).is_some_and(|r| r.starts_with(' ')))
+                .map(str::len),
+        };
+        match word_end {
+            Some(end) => rest = rest[end..].trim_start(),
+            None => return false,
+        }
+    }
+}
+
+/// Each function of `text` with a body: the line it starts on (1-based) and its length
+/// in lines, from `fn` to its closing brace, doc comments and attributes aside.
+///
+/// It reads code as rustfmt lays it out: the signature ends at the first line ending in
+/// `{` (a body follows), `}` (a body on one line) or `;` (no body: skipped), and the
+/// body ends at the first line after it that is `}` at the indentation of `fn`. Nested
+/// functions are measured on their own and count in their parent's length too.
+fn functions(text: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        if !opens_fn(line) {
+            continue;
+        }
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let Some(sig_end) = (start..lines.len()).find(|&i| lines[i].trim_end().ends_with(['{', '}', ';'])) else {
+            continue;
+        };
+        let last = lines[sig_end].trim_end();
+        let end = if last.ends_with(';') {
+            continue;
+        } else if last.ends_with('}') {
+            Some(sig_end)
+        } else {
+            (sig_end + 1..lines.len()).find(|&i| lines[i].trim_end().strip_prefix(indent) == Some("}"))
+        };
+        let end = end.unwrap_or_else(|| panic!("no closing brace for the function on line {}", start + 1));
+        found.push((start + 1, end - start + 1));
+    }
+    found
+}
+
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Peels off modules that import nothing left, bottom up: returns that order and what
@@ -107,6 +165,56 @@ fn no_source_file_is_over_800_lines() {
         })
         .collect();
     assert!(over.is_empty(), "files over {MAX_LINES} lines: {over:?}");
+}
+
+#[test]
+fn no_function_in_src_is_over_100_lines() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut measured = 0;
+    let mut over = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for (line, length) in functions(&text) {
+            measured += 1;
+            if length > MAX_FN_LINES {
+                let rel = f.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(f);
+                over.push(format!("{}:{line} is {length} lines", rel.display()));
+            }
+        }
+    }
+    assert!(measured > 500, "found only {measured} functions in src/");
+    assert!(
+        over.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split each where a reader would pause): {over:#?}"
+    );
+}
+
+#[test]
+fn the_function_check_measures_from_fn_to_its_closing_brace() {
+    let text = r#"/// A doc comment is not counted.
+pub(crate) async fn spread(
+    a: u8,
+) -> u8 {
+    let f = |x| {
+        x
+    };
+    f(a)
+}
+impl T {
+    const fn one() -> u8 { 1 }
+    fn declared(&self);
+    pub unsafe extern "C" fn nested<X>(x: X)
+    where
+        X: Copy,
+    {
+        fn inner() {}
+    }
+}
+// fn in a comment
+let name_fn = 1;
+"#;
+    assert_eq!(functions(text), [(2, 8), (11, 1), (13, 6), (17, 1)]);
 }
 
 #[test]

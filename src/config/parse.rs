@@ -94,3 +94,46 @@ pub fn parse_host_port(text: &str) -> Result<(Host, u16), String> {
     }
     Ok((Host::Name(host.to_ascii_lowercase()), port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_1_to_64_letters_digits_dashes_underscores_or_dots() {
+        for good in ["a", "kube-api", "control_plane.v2", &"x".repeat(64)] {
+            assert!(valid_name(good), "{good:?}");
+        }
+        for bad in ["", &"x".repeat(65), "kube api", "kube/api", "é"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        let message = invalid_name_message("listener", "kube api");
+        assert!(
+            message.contains("listener name \"kube api\"") && message.contains("1-64 characters"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_host_name_is_labels_of_letters_digits_dashes_and_underscores_up_to_253() {
+        let ok = |text: &str| parse_host_port(text).map(|(_, port)| port);
+        assert_eq!(ok("api-1.k8s_lab.home.arpa:6443"), Ok(6443));
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(long.len(), 253);
+        assert_eq!(ok(&format!("{long}:80")), Ok(80), "253 characters");
+        let too_long = format!("{long}e");
+        assert!(ok(&format!("{too_long}:80"))
+            .unwrap_err()
+            .contains("not a valid host name"));
+        assert!(ok(":80").unwrap_err().contains("not a valid host name"), "no host");
+        assert!(ok("-api:80").is_err() && ok("api-:80").is_err(), "a label's ends");
+        // A colon in the host is an IPv6 address without its brackets, even a mistyped one.
+        assert!(ok("fe80::zz:80").unwrap_err().contains("brackets"));
+    }
+}

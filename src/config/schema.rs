@@ -76,7 +76,7 @@ impl OneOrMore {
 pub(super) struct RawAdmin {
     pub(super) listen: S<OneOrMore>,
     pub(super) token_file: Option<PathBuf>,
-    // Issue 9: who may connect, and how many connections one client may hold.
+    // Who may connect, and how many connections one client may hold.
     #[serde(default)]
     pub(super) allow: Vec<S<String>>,
     #[serde(default)]
@@ -102,7 +102,7 @@ pub(super) struct RawListener {
     pub(super) backend: S<String>,
     pub(super) max_connections: Option<S<i64>>,
     pub(super) freebind: Option<bool>,
-    // Issue 9: who may connect, and how many connections one client may hold.
+    // Who may connect, and how many connections one client may hold.
     #[serde(default)]
     pub(super) allow: Vec<S<String>>,
     #[serde(default)]
@@ -147,7 +147,7 @@ pub(super) struct RawBackend {
     pub(super) retries: Option<S<i64>>,
     pub(super) user_timeout: Option<S<String>>,
     pub(super) send_proxy: Option<ProxyVersion>,
-    // Issue 22: per-server limits and the backend's queue.
+    // Per-server limits and the backend's queue.
     /// Each server's limit, unless the server sets its own.
     pub(super) max_connections: Option<S<i64>>,
     pub(super) max_queue: Option<S<i64>>,

@@ -50,6 +50,13 @@ fn unknown_backend(listener: &str, backend: &str, defined: &[&str]) -> String {
     msg
 }
 
+/// The listeners' names and addresses so far: each is taken once.
+#[derive(Default)]
+struct Seen {
+    names: HashSet<String>,
+    binds: Vec<(SocketAddr, String)>,
+}
+
 struct Validator<'a> {
     text: &'a str,
     origin: &'a str,
@@ -127,67 +134,10 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let defaults = self.defaults(raw.defaults);
         let resolver = self.resolver(raw.resolver);
-        let admin = raw.admin.map(|a| {
-            let span = a.span();
-            let a = a.into_inner();
-            let mut listen: Vec<SocketAddr> = Vec::new();
-            for text in a.listen.get_ref().as_slice() {
-                match text.parse::<SocketAddr>() {
-                    Ok(addr) if listen.contains(&addr) => {
-                        self.error(&a.listen.span(), format!("admin listen names {addr} twice"));
-                    }
-                    Ok(addr) => listen.push(addr),
-                    Err(_) => self.error(
-                        &a.listen.span(),
-                        format!("admin listen = {text:?} is not an address with a port, like \"127.0.0.1:8405\""),
-                    ),
-                }
-            }
-            if a.listen.get_ref().as_slice().is_empty() {
-                self.error(
-                    &a.listen.span(),
-                    "admin listen is an empty list: name at least one address, like \"127.0.0.1:8405\"".to_string(),
-                );
-            }
-            let _ = span;
-            let sources = self.source_rules("admin", &a.allow, &a.deny);
-            let source_limit = match &a.source_limit {
-                Some(raw) => self.source_limit("admin", raw),
-                None => None,
-            };
-            AdminConfig {
-                listen,
-                token_file: a.token_file,
-                sources,
-                source_limit: source_limit.unwrap_or(SourceLimitConfig {
-                    limits: Limits {
-                        max_connections: Some(DEFAULT_ADMIN_CONNECTIONS_PER_SOURCE),
-                        rate: None,
-                    },
-                    sources: DEFAULT_SOURCE_TABLE,
-                }),
-                ready_when: a.ready_when.unwrap_or_default(),
-            }
-        });
+        let admin = raw.admin.map(|a| self.admin(a.into_inner()));
         let log = match raw.log {
             None => LogConfig::default(),
-            Some(l) => {
-                if let Some(level) = &l.level {
-                    if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
-                        self.error(
-                            &level.span(),
-                            format!(
-                                "log level {:?} is not valid: use error, warn, info, debug or trace",
-                                level.get_ref()
-                            ),
-                        );
-                    }
-                }
-                LogConfig {
-                    format: l.format,
-                    level: l.level.map(|l| l.into_inner()),
-                }
-            }
+            Some(l) => self.log(l),
         };
 
         let mut backends = Vec::new();
@@ -199,83 +149,9 @@ impl Validator<'_> {
         let backend_names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
 
         let mut listeners = Vec::new();
-        let mut seen_names = HashSet::new();
-        let mut seen_binds: Vec<(SocketAddr, String)> = Vec::new();
+        let mut seen = Seen::default();
         for l in raw.listener {
-            let span = l.span();
-            let l = l.into_inner();
-            let name = l.name.get_ref().clone();
-            if !valid_name(&name) {
-                self.error(&l.name.span(), invalid_name_message("listener", &name));
-            }
-            if !seen_names.insert(name.clone()) {
-                self.error(&l.name.span(), format!("listener {name:?} is defined twice"));
-            }
-            let edge = self.listener_edge(&name, &l, &backend_names);
-            let bind_span = l.bind.span();
-            let bind_values: Vec<String> = match l.bind.into_inner() {
-                toml::Value::String(b) => vec![b],
-                toml::Value::Array(bs) if bs.iter().all(|b| b.is_str()) => {
-                    bs.into_iter().filter_map(|b| b.as_str().map(String::from)).collect()
-                }
-                _ => {
-                    self.error(
-                        &bind_span,
-                        format!("listener {name:?}: bind must be an address or a list of addresses"),
-                    );
-                    Vec::new()
-                }
-            };
-            if bind_values.is_empty() {
-                self.error(
-                    &span,
-                    format!("listener {name:?}: bind is empty; give at least one address"),
-                );
-            }
-            let mut bind = Vec::new();
-            for text in bind_values {
-                let b = S::new(bind_span.clone(), text);
-                match parse_bind(b.get_ref()) {
-                    Ok(addr) => {
-                        if let Some((_, other)) = seen_binds.iter().find(|(a, _)| *a == addr) {
-                            self.error(
-                                &b.span(),
-                                format!("listener {name:?}: {addr} is already bound by listener {other:?}"),
-                            );
-                        }
-                        seen_binds.push((addr, name.clone()));
-                        bind.push(addr);
-                    }
-                    Err(e) => self.error(&b.span(), format!("listener {name:?}: {e}")),
-                }
-            }
-            let backend = l.backend.get_ref().clone();
-            if !backend_names.contains(&backend.as_str()) {
-                let msg = unknown_backend(&name, &backend, &backend_names);
-                self.error(&l.backend.span(), msg);
-            }
-            let max_connections = l
-                .max_connections
-                .as_ref()
-                .map(|m| self.integer("max_connections", &Some(m.clone()), 1..10_000_001, 1) as usize);
-            let what = format!("listener {name:?}");
-            let sources = self.source_rules(&what, &l.allow, &l.deny);
-            let source_limit = match &l.source_limit {
-                Some(raw) => self.source_limit(&what, raw),
-                None => None,
-            };
-            listeners.push(ListenerConfig {
-                name,
-                bind,
-                backend,
-                max_connections,
-                sources,
-                source_limit,
-                freebind: l.freebind.unwrap_or(false),
-                accept_proxy: edge.accept_proxy,
-                routes: edge.routes,
-                inspect_timeout: edge.inspect_timeout,
-            });
+            listeners.push(self.listener(l, &backend_names, &mut seen));
         }
         if listeners.is_empty() {
             self.error(
@@ -291,6 +167,154 @@ impl Validator<'_> {
             listeners,
             backends,
         }
+    }
+
+    fn admin(&mut self, a: RawAdmin) -> AdminConfig {
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        for text in a.listen.get_ref().as_slice() {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if listen.contains(&addr) => {
+                    self.error(&a.listen.span(), format!("admin listen names {addr} twice"));
+                }
+                Ok(addr) => listen.push(addr),
+                Err(_) => self.error(
+                    &a.listen.span(),
+                    format!("admin listen = {text:?} is not an address with a port, like \"127.0.0.1:8405\""),
+                ),
+            }
+        }
+        if a.listen.get_ref().as_slice().is_empty() {
+            self.error(
+                &a.listen.span(),
+                "admin listen is an empty list: name at least one address, like \"127.0.0.1:8405\"".to_string(),
+            );
+        }
+        let sources = self.source_rules("admin", &a.allow, &a.deny);
+        let source_limit = match &a.source_limit {
+            Some(raw) => self.source_limit("admin", raw),
+            None => None,
+        };
+        AdminConfig {
+            listen,
+            token_file: a.token_file,
+            sources,
+            source_limit: source_limit.unwrap_or(SourceLimitConfig {
+                limits: Limits {
+                    max_connections: Some(DEFAULT_ADMIN_CONNECTIONS_PER_SOURCE),
+                    rate: None,
+                },
+                sources: DEFAULT_SOURCE_TABLE,
+            }),
+            ready_when: a.ready_when.unwrap_or_default(),
+        }
+    }
+
+    fn log(&mut self, l: RawLog) -> LogConfig {
+        if let Some(level) = &l.level {
+            if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
+                self.error(
+                    &level.span(),
+                    format!(
+                        "log level {:?} is not valid: use error, warn, info, debug or trace",
+                        level.get_ref()
+                    ),
+                );
+            }
+        }
+        LogConfig {
+            format: l.format,
+            level: l.level.map(|l| l.into_inner()),
+        }
+    }
+
+    fn listener(&mut self, l: S<RawListener>, backend_names: &[&str], seen: &mut Seen) -> ListenerConfig {
+        let span = l.span();
+        let l = l.into_inner();
+        let name = l.name.get_ref().clone();
+        if !valid_name(&name) {
+            self.error(&l.name.span(), invalid_name_message("listener", &name));
+        }
+        if !seen.names.insert(name.clone()) {
+            self.error(&l.name.span(), format!("listener {name:?} is defined twice"));
+        }
+        let edge = self.listener_edge(&name, &l, backend_names);
+        let bind = self.binds(&name, span, l.bind, &mut seen.binds);
+        let backend = l.backend.get_ref().clone();
+        if !backend_names.contains(&backend.as_str()) {
+            let msg = unknown_backend(&name, &backend, backend_names);
+            self.error(&l.backend.span(), msg);
+        }
+        let max_connections = l
+            .max_connections
+            .as_ref()
+            .map(|m| self.integer("max_connections", &Some(m.clone()), 1..10_000_001, 1) as usize);
+        let what = format!("listener {name:?}");
+        let sources = self.source_rules(&what, &l.allow, &l.deny);
+        let source_limit = match &l.source_limit {
+            Some(raw) => self.source_limit(&what, raw),
+            None => None,
+        };
+        ListenerConfig {
+            name,
+            bind,
+            backend,
+            max_connections,
+            sources,
+            source_limit,
+            freebind: l.freebind.unwrap_or(false),
+            accept_proxy: edge.accept_proxy,
+            routes: edge.routes,
+            inspect_timeout: edge.inspect_timeout,
+        }
+    }
+
+    /// A listener's `bind`: one address or a list, none bound by an earlier listener
+    /// (`seen`: each address and the listener that binds it).
+    fn binds(
+        &mut self,
+        name: &str,
+        span: Range<usize>,
+        raw: S<toml::Value>,
+        seen: &mut Vec<(SocketAddr, String)>,
+    ) -> Vec<SocketAddr> {
+        let bind_span = raw.span();
+        let bind_values: Vec<String> = match raw.into_inner() {
+            toml::Value::String(b) => vec![b],
+            toml::Value::Array(bs) if bs.iter().all(|b| b.is_str()) => {
+                bs.into_iter().filter_map(|b| b.as_str().map(String::from)).collect()
+            }
+            _ => {
+                self.error(
+                    &bind_span,
+                    format!("listener {name:?}: bind must be an address or a list of addresses"),
+                );
+                Vec::new()
+            }
+        };
+        if bind_values.is_empty() {
+            self.error(
+                &span,
+                format!("listener {name:?}: bind is empty; give at least one address"),
+            );
+        }
+        let mut bind = Vec::new();
+        for text in bind_values {
+            let b = S::new(bind_span.clone(), text);
+            match parse_bind(b.get_ref()) {
+                Ok(addr) => {
+                    if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+                        self.error(
+                            &b.span(),
+                            format!("listener {name:?}: {addr} is already bound by listener {other:?}"),
+                        );
+                    }
+                    seen.push((addr, name.to_string()));
+                    bind.push(addr);
+                }
+                Err(e) => self.error(&b.span(), format!("listener {name:?}: {e}")),
+            }
+        }
+        bind
     }
 
     /// `allow` and `deny`: each entry a CIDR block, an error at the entry that is not.
@@ -417,75 +441,9 @@ impl Validator<'_> {
             .map(|m| self.integer("max_connections", &Some(m.clone()), MAX_CONNECTIONS, 1) as u32);
         let mut servers: Vec<ServerConfig> = Vec::new();
         for s in raw.servers.into_inner() {
-            let span = s.span();
-            let table = match s.into_inner() {
-                toml::Value::String(address) => RawServerTable {
-                    name: None,
-                    address,
-                    weight: None,
-                    backup: false,
-                    max_connections: None,
-                },
-                v @ toml::Value::Table(_) => match v.try_into::<RawServerTable>() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let msg = explain_serde_message(e.message());
-                        self.error(&span, format!("backend {name:?}: server: {msg}"));
-                        continue;
-                    }
-                },
-                _ => {
-                    self.error(
-                        &span,
-                        format!(
-                            "backend {name:?}: a server is \"host:port\" or {{ name = ..., address = \"host:port\" }}"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            let (host, port) = match parse_host_port(&table.address) {
-                Ok(hp) => hp,
-                Err(e) => {
-                    self.error(&span, format!("backend {name:?}: {e}"));
-                    continue;
-                }
-            };
-            let server_name = match table.name {
-                Some(n) => {
-                    if !valid_name(&n) {
-                        self.error(&span, invalid_name_message("server", &n));
-                    }
-                    n
-                }
-                None => match &host {
-                    Host::Name(h) => h.clone(),
-                    Host::Ip(_) => table.address.clone(),
-                },
-            };
-            let (weight, backup) = (table.weight.map(|w| S::new(span.clone(), w)), table.backup);
-            if servers.iter().any(|o| o.name == server_name) {
-                self.error(
-                    &span,
-                    format!(
-                        "backend {name:?}: two servers are named {server_name:?}; give each a distinct name = \"...\""
-                    ),
-                );
+            if let Some(server) = self.server(&name, s, backend_limit, &servers) {
+                servers.push(server);
             }
-            let weight = self.integer("weight", &weight, 1..257, 1) as u32;
-            let own_limit = table.max_connections.map(|m| S::new(span.clone(), m));
-            let max_connections = match own_limit {
-                Some(m) => Some(self.integer("max_connections", &Some(m), MAX_CONNECTIONS, 1) as u32),
-                None => backend_limit,
-            };
-            servers.push(ServerConfig {
-                name: server_name,
-                host,
-                port,
-                weight,
-                backup,
-                max_connections,
-            });
         }
         if servers.is_empty() {
             self.error(
@@ -527,13 +485,118 @@ impl Validator<'_> {
         })
     }
 
+    /// One entry of a backend's `servers`: `"host:port"` or a table; `None` (an error
+    /// recorded) when it cannot be read. `others` are the servers before it.
+    fn server(
+        &mut self,
+        name: &str,
+        s: S<toml::Value>,
+        backend_limit: Option<u32>,
+        others: &[ServerConfig],
+    ) -> Option<ServerConfig> {
+        let span = s.span();
+        let table = match s.into_inner() {
+            toml::Value::String(address) => RawServerTable {
+                name: None,
+                address,
+                weight: None,
+                backup: false,
+                max_connections: None,
+            },
+            v @ toml::Value::Table(_) => match v.try_into::<RawServerTable>() {
+                Ok(t) => t,
+                Err(e) => {
+                    let msg = explain_serde_message(e.message());
+                    self.error(&span, format!("backend {name:?}: server: {msg}"));
+                    return None;
+                }
+            },
+            _ => {
+                self.error(
+                    &span,
+                    format!("backend {name:?}: a server is \"host:port\" or {{ name = ..., address = \"host:port\" }}"),
+                );
+                return None;
+            }
+        };
+        let (host, port) = match parse_host_port(&table.address) {
+            Ok(hp) => hp,
+            Err(e) => {
+                self.error(&span, format!("backend {name:?}: {e}"));
+                return None;
+            }
+        };
+        let server_name = match table.name {
+            Some(n) => {
+                if !valid_name(&n) {
+                    self.error(&span, invalid_name_message("server", &n));
+                }
+                n
+            }
+            None => match &host {
+                Host::Name(h) => h.clone(),
+                Host::Ip(_) => table.address.clone(),
+            },
+        };
+        let (weight, backup) = (table.weight.map(|w| S::new(span.clone(), w)), table.backup);
+        if others.iter().any(|o| o.name == server_name) {
+            self.error(
+                &span,
+                format!("backend {name:?}: two servers are named {server_name:?}; give each a distinct name = \"...\""),
+            );
+        }
+        let weight = self.integer("weight", &weight, 1..257, 1) as u32;
+        let own_limit = table.max_connections.map(|m| S::new(span.clone(), m));
+        let max_connections = match own_limit {
+            Some(m) => Some(self.integer("max_connections", &Some(m), MAX_CONNECTIONS, 1) as u32),
+            None => backend_limit,
+        };
+        Some(ServerConfig {
+            name: server_name,
+            host,
+            port,
+            weight,
+            backup,
+            max_connections,
+        })
+    }
+
     fn health(&mut self, backend: &str, raw: S<RawHealth>) -> HealthConfig {
         let d = HealthConfig::default();
-        let raw = raw.into_inner();
-        let kind = raw.check.as_ref().map(|c| c.get_ref().as_str()).unwrap_or("tcp");
+        let mut raw = raw.into_inner();
+        let named = raw.check.take();
+        let kind = self.check_kind(backend, &named);
+        self.misplaced_health_keys(backend, &raw, kind);
+        let tls = self.tls_check(backend, &mut raw);
+        let http = self.http_check(&mut raw);
+        let check = match kind {
+            "none" => CheckKind::None,
+            "tls" => CheckKind::Tls(tls),
+            "http" => CheckKind::Http(http),
+            "https" => CheckKind::Https(http, tls),
+            _ => CheckKind::Tcp,
+        };
+        HealthConfig {
+            check,
+            interval: self.positive_duration("interval", &raw.interval, d.interval),
+            timeout: self.positive_duration("timeout", &raw.timeout, d.timeout),
+            rise: self.integer("rise", &raw.rise, 1..101, d.rise as i64) as u32,
+            fall: self.integer("fall", &raw.fall, 1..101, d.fall as i64) as u32,
+            port: raw
+                .port
+                .as_ref()
+                .map(|p| self.integer("port", &Some(p.clone()), 1..65536, 1) as u16),
+            send_proxy: None,
+        }
+    }
+
+    /// The kind of check, `tcp` when none is given; an unknown one is an error (and
+    /// checked as tcp).
+    fn check_kind<'r>(&mut self, backend: &str, check: &'r Option<S<String>>) -> &'r str {
+        let kind = check.as_ref().map(|c| c.get_ref().as_str()).unwrap_or("tcp");
         const KINDS: [&str; 5] = ["tcp", "tls", "http", "https", "none"];
         if !KINDS.contains(&kind) {
-            let span = raw.check.as_ref().map(|c| c.span()).unwrap_or(0..0);
+            let span = check.as_ref().map(|c| c.span()).unwrap_or(0..0);
             let mut msg = format!(
                 "backend {backend:?}: health check {kind:?} is not known; use one of tcp, tls, http, https, none"
             );
@@ -542,9 +605,14 @@ impl Validator<'_> {
             }
             self.error(&span, msg);
         }
+        kind
+    }
+
+    /// Keys that only make sense for some kinds are errors elsewhere, not silently
+    /// unused; `cert` and `key` go together.
+    fn misplaced_health_keys(&mut self, backend: &str, raw: &RawHealth, kind: &str) {
         let is_http = matches!(kind, "http" | "https");
         let is_tls = matches!(kind, "tls" | "https");
-        // Keys that only make sense for some kinds are errors elsewhere, not silently unused.
         let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
             ("path", raw.path.as_ref().map(|v| v.span()), is_http),
             ("host", raw.host.as_ref().map(|v| v.span()), is_http),
@@ -572,7 +640,12 @@ impl Validator<'_> {
                 format!("backend {backend:?}: health cert and key go together; give both"),
             );
         }
-        let sni = self.sni_names(backend, raw.sni);
+    }
+
+    /// The TLS half of a tls or https check: names, trust, client certificate, and what
+    /// a failing certificate does.
+    fn tls_check(&mut self, backend: &str, raw: &mut RawHealth) -> TlsCheck {
+        let sni = self.sni_names(backend, raw.sni.take());
         if let Some(e) = &raw.expect_issuer {
             if e.get_ref().trim().is_empty() {
                 self.error(
@@ -582,20 +655,24 @@ impl Validator<'_> {
             }
         }
         // A `ca` names the CA that must have signed: by default a failure takes the server
-        // down, as it always did; without one, the watch only reports.
+        // down; without one, the watch only reports.
         let cert_failure = match &raw.cert_failure {
             Some(c) => *c.get_ref(),
             None if raw.ca.is_some() => CertFailure::Down,
             None => CertFailure::Alert,
         };
-        let tls = TlsCheck {
+        TlsCheck {
             sni,
-            ca: raw.ca.map(|s| s.into_inner()),
-            cert: raw.cert.map(|s| s.into_inner()),
-            key: raw.key.map(|s| s.into_inner()),
-            expect_issuer: raw.expect_issuer.map(|s| s.into_inner()),
+            ca: raw.ca.take().map(|s| s.into_inner()),
+            cert: raw.cert.take().map(|s| s.into_inner()),
+            key: raw.key.take().map(|s| s.into_inner()),
+            expect_issuer: raw.expect_issuer.take().map(|s| s.into_inner()),
             cert_failure,
-        };
+        }
+    }
+
+    /// The HTTP half of an http or https check: the request and the answer it expects.
+    fn http_check(&mut self, raw: &mut RawHealth) -> HttpCheck {
         let expect = match &raw.expect {
             None => vec![200],
             Some(e) => {
@@ -627,32 +704,12 @@ impl Validator<'_> {
                 self.error(&h.span(), "host must hold no spaces or control characters");
             }
         }
-        let http = HttpCheck {
+        HttpCheck {
             path,
-            host: raw.host.map(|h| h.into_inner()),
+            host: raw.host.take().map(|h| h.into_inner()),
             expect,
-            body: raw.body.map(|b| b.into_inner()),
-        };
-        let check = match kind {
-            "none" => CheckKind::None,
-            "tls" => CheckKind::Tls(tls),
-            "http" => CheckKind::Http(http),
-            "https" => CheckKind::Https(http, tls),
-            _ => CheckKind::Tcp,
-        };
-        let h = HealthConfig {
-            check,
-            interval: self.positive_duration("interval", &raw.interval, d.interval),
-            timeout: self.positive_duration("timeout", &raw.timeout, d.timeout),
-            rise: self.integer("rise", &raw.rise, 1..101, d.rise as i64) as u32,
-            fall: self.integer("fall", &raw.fall, 1..101, d.fall as i64) as u32,
-            port: raw
-                .port
-                .as_ref()
-                .map(|p| self.integer("port", &Some(p.clone()), 1..65536, 1) as u16),
-            send_proxy: None,
-        };
-        h
+            body: raw.body.take().map(|b| b.into_inner()),
+        }
     }
 
     /// `sni = "name"` or `sni = ["a", "b"]`: server names (or IP addresses), no repeats.

@@ -12,7 +12,8 @@ use super::emit::{self, Key};
 use super::lexer::Line;
 use super::model::{fmt_duration, gatehouse_name, ServerAddr};
 use super::report::{Report, Verdict};
-use super::settings::{At, Balance, Check, Expect, ServerOpts, Settings};
+use super::server_opts::ServerOpts;
+use super::settings::{At, Balance, Check, Expect, Settings};
 
 /// A `server` line, read.
 #[derive(Debug, Clone)]
@@ -63,84 +64,13 @@ pub fn build(
     let mut used_names: Vec<String> = Vec::new();
     let mut live: Vec<&ServerLine> = Vec::new();
     for srv in servers {
-        let say = |report: &mut Report, v: Verdict, note: String| report.note(srv.line.number, &srv.line.text, v, note);
-        let o = &srv.opts;
-        let Some(port) = srv.addr.port.or(ctx.listener_port) else {
-            say(
-                report,
-                Verdict::Dropped,
-                "no port: HAProxy connects to the port the client asked for, and this backend's listeners bind \
-                 more than one; give the server a port"
-                    .into(),
-            );
+        let Some((server, usable)) = server(srv, ctx, &mut used_names, report) else {
             continue;
         };
-        if let Some(surprise) = &srv.addr.surprise {
-            say(report, Verdict::Approximated, surprise.clone());
+        if usable {
+            live.push(srv);
         }
-        if srv.addr.port.is_none() {
-            say(
-                report,
-                Verdict::Approximated,
-                format!("no port: HAProxy connects to the client's port; every listener of this backend binds {port}"),
-            );
-        }
-        let sname = unique_name(&srv.name, srv.line.number, &used_names);
-        if sname != srv.name {
-            say(
-                report,
-                Verdict::Approximated,
-                format!("named {sname:?}: {}", rename_reason(&srv.name, &sname)),
-            );
-        }
-        used_names.push(sname.clone());
-        let mut fields = vec![
-            ("name", emit::string(&sname)),
-            ("address", emit::string(&format!("{}:{port}", srv.addr.host))),
-        ];
-        let weight = o.weight.as_ref().map_or(1, |w| w.value);
-        if weight > 256 {
-            say(
-                report,
-                Verdict::Approximated,
-                format!("weight {weight} is above gatehouse's 256: 256"),
-            );
-        }
-        if weight > 1 {
-            fields.push(("weight", weight.min(256).to_string()));
-        }
-        if o.backup.as_ref().is_some_and(|b| b.value) {
-            fields.push(("backup", "true".into()));
-        }
-        let commented = if weight == 0 {
-            Some("weight 0: no balanced traffic in HAProxy; gatehouse weights are 1-256, so it is left out")
-        } else if o.disabled.as_ref().is_some_and(|d| d.value) {
-            Some("disabled in HAProxy: left out; add it back and run `gatehouse ctl disable BACKEND/SERVER`")
-        } else {
-            None
-        };
-        match commented {
-            Some(why) => say(report, Verdict::Approximated, format!("left out (commented): {why}")),
-            None => {
-                say(report, Verdict::Translated, format!("server {sname:?}"));
-                if srv.addr.is_name && o.resolvers.is_none() {
-                    say(
-                        report,
-                        Verdict::Approximated,
-                        format!(
-                            "HAProxy resolves {} once at start (no `resolvers`); gatehouse re-resolves it as its records expire",
-                            srv.addr.host
-                        ),
-                    );
-                }
-                live.push(srv);
-            }
-        }
-        b.servers.push(emit::Server {
-            line: srv.line.number,
-            fields,
-            commented: commented.map(|c| c.split(':').next().unwrap_or(c).to_string()),
-        });
+        b.servers.push(server);
     }
     if live.is_empty() {
         report.note(
@@ -158,18 +88,7 @@ pub fn build(
         format!("[backend.{}]", emit::key(&gname)),
     );
     if backups_beyond_first(s, &live) {
-        for srv in live
-            .iter()
-            .filter(|x| x.opts.backup.as_ref().is_some_and(|b| b.value))
-            .skip(1)
-        {
-            report.note(
-                srv.line.number,
-                &srv.line.text,
-                Verdict::Approximated,
-                "HAProxy uses only the first backup (no `option allbackups`); gatehouse balances over all backups",
-            );
-        }
+        all_backups(&live, report);
     }
     if gname != name {
         report.note(
@@ -184,6 +103,111 @@ pub fn build(
     health_send_proxy(s, &live, &mut b, report);
     super::limits::limits(s, header, &live, &mut b, report);
     Some(b)
+}
+
+/// One server line as gatehouse's server, named apart from `used_names`, and whether
+/// it is usable (not left out as a comment); `None` (reported) when it has no port.
+fn server(
+    srv: &ServerLine,
+    ctx: &Context,
+    used_names: &mut Vec<String>,
+    report: &mut Report,
+) -> Option<(emit::Server, bool)> {
+    let say = |report: &mut Report, v: Verdict, note: String| report.note(srv.line.number, &srv.line.text, v, note);
+    let o = &srv.opts;
+    let Some(port) = srv.addr.port.or(ctx.listener_port) else {
+        say(
+            report,
+            Verdict::Dropped,
+            "no port: HAProxy connects to the port the client asked for, and this backend's listeners bind \
+             more than one; give the server a port"
+                .into(),
+        );
+        return None;
+    };
+    if let Some(surprise) = &srv.addr.surprise {
+        say(report, Verdict::Approximated, surprise.clone());
+    }
+    if srv.addr.port.is_none() {
+        say(
+            report,
+            Verdict::Approximated,
+            format!("no port: HAProxy connects to the client's port; every listener of this backend binds {port}"),
+        );
+    }
+    let sname = unique_name(&srv.name, srv.line.number, used_names);
+    if sname != srv.name {
+        say(
+            report,
+            Verdict::Approximated,
+            format!("named {sname:?}: {}", rename_reason(&srv.name, &sname)),
+        );
+    }
+    used_names.push(sname.clone());
+    let mut fields = vec![
+        ("name", emit::string(&sname)),
+        ("address", emit::string(&format!("{}:{port}", srv.addr.host))),
+    ];
+    let weight = o.weight.as_ref().map_or(1, |w| w.value);
+    if weight > 256 {
+        say(
+            report,
+            Verdict::Approximated,
+            format!("weight {weight} is above gatehouse's 256: 256"),
+        );
+    }
+    if weight > 1 {
+        fields.push(("weight", weight.min(256).to_string()));
+    }
+    if o.backup.as_ref().is_some_and(|b| b.value) {
+        fields.push(("backup", "true".into()));
+    }
+    let commented = if weight == 0 {
+        Some("weight 0: no balanced traffic in HAProxy; gatehouse weights are 1-256, so it is left out")
+    } else if o.disabled.as_ref().is_some_and(|d| d.value) {
+        Some("disabled in HAProxy: left out; add it back and run `gatehouse ctl disable BACKEND/SERVER`")
+    } else {
+        None
+    };
+    match commented {
+        Some(why) => say(report, Verdict::Approximated, format!("left out (commented): {why}")),
+        None => {
+            say(report, Verdict::Translated, format!("server {sname:?}"));
+            if srv.addr.is_name && o.resolvers.is_none() {
+                say(
+                    report,
+                    Verdict::Approximated,
+                    format!(
+                        "HAProxy resolves {} once at start (no `resolvers`); gatehouse re-resolves it as its records expire",
+                        srv.addr.host
+                    ),
+                );
+            }
+        }
+    }
+    let server = emit::Server {
+        line: srv.line.number,
+        fields,
+        commented: commented.map(|c| c.split(':').next().unwrap_or(c).to_string()),
+    };
+    Some((server, commented.is_none()))
+}
+
+/// Reports the backups beyond the first, which HAProxy leaves idle and gatehouse
+/// balances over.
+fn all_backups(live: &[&ServerLine], report: &mut Report) {
+    for srv in live
+        .iter()
+        .filter(|x| x.opts.backup.as_ref().is_some_and(|b| b.value))
+        .skip(1)
+    {
+        report.note(
+            srv.line.number,
+            &srv.line.text,
+            Verdict::Approximated,
+            "HAProxy uses only the first backup (no `option allbackups`); gatehouse balances over all backups",
+        );
+    }
 }
 
 /// Why `name` became `renamed`: gatehouse's rules, another of the same kind having the
@@ -289,25 +313,61 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
     let inter = o.inter.as_ref().map_or(Duration::from_secs(2), |i| i.value);
     let mut h = vec![("check", emit::string(kind))];
     if let Check::Http { path, host } = check {
-        h.push(("path", emit::string(path)));
-        if let Some(host) = host {
-            h.push(("host", emit::string(host)));
-        }
-        match s.expect.as_ref().map(|e| &e.value) {
-            Some(Expect::Status(codes)) if codes.len() == 1 => h.push(("expect", codes[0].to_string())),
-            Some(Expect::Status(codes)) => {
-                let list: Vec<String> = codes.iter().map(u16::to_string).collect();
-                h.push(("expect", format!("[{}]", list.join(", "))));
-            }
-            Some(Expect::Body(body)) => h.push(("body", emit::string(body))),
-            // HAProxy passes any 2xx or 3xx without `http-check expect`.
-            None => {
-                let all: Vec<String> = (200..400).map(|c: u16| c.to_string()).collect();
-                h.push(("expect", format!("[{}]", all.join(", "))));
-            }
-        }
+        http_keys(path, host.as_deref(), s.expect.as_ref().map(|e| &e.value), &mut h);
     }
     h.push(("interval", emit::string(&fmt_duration(inter))));
+    let timeout = check_timeout(s, kind, inter, report);
+    h.push(("timeout", emit::string(&fmt_duration(timeout))));
+    h.push(("rise", o.rise.as_ref().map_or(2, |r| r.value).clamp(1, 100).to_string()));
+    h.push(("fall", o.fall.as_ref().map_or(3, |r| r.value).clamp(1, 100).to_string()));
+    if let Some(port) = o.port.as_ref().map(|p| p.value).or(connect.and_then(|c| c.port)) {
+        h.push(("port", port.to_string()));
+    }
+    let mut lines = health_lines(first, s);
+    if tls {
+        tls_keys(
+            o,
+            connect.and_then(|c| c.sni.clone()),
+            kind,
+            ctx,
+            &mut h,
+            &mut lines,
+            report,
+        );
+    }
+    b.health = h;
+    b.health_lines = lines;
+    // Every other checked server must agree with the first.
+    for x in checked.iter().skip(1) {
+        differs_from(x, first, report);
+    }
+}
+
+/// The keys of an http or https check: path, Host header, and the statuses or body it
+/// expects.
+fn http_keys(path: &str, host: Option<&str>, expect: Option<&Expect>, h: &mut Vec<(&'static str, String)>) {
+    h.push(("path", emit::string(path)));
+    if let Some(host) = host {
+        h.push(("host", emit::string(host)));
+    }
+    match expect {
+        Some(Expect::Status(codes)) if codes.len() == 1 => h.push(("expect", codes[0].to_string())),
+        Some(Expect::Status(codes)) => {
+            let list: Vec<String> = codes.iter().map(u16::to_string).collect();
+            h.push(("expect", format!("[{}]", list.join(", "))));
+        }
+        Some(Expect::Body(body)) => h.push(("body", emit::string(body))),
+        // HAProxy passes any 2xx or 3xx without `http-check expect`.
+        None => {
+            let all: Vec<String> = (200..400).map(|c: u16| c.to_string()).collect();
+            h.push(("expect", format!("[{}]", all.join(", "))));
+        }
+    }
+}
+
+/// The health check's timeout, from `inter` and `timeout check`; the difference in
+/// what each bounds is reported.
+fn check_timeout(s: &Settings, kind: &str, inter: Duration, report: &mut Report) -> Duration {
     // HAProxy bounds a check by `inter`; with `timeout check`, the connect by
     // min(timeout connect, inter) and the reply by `timeout check`.
     let connect_bound = s.timeout_connect.as_ref().map_or(inter, |t| t.value.min(inter));
@@ -328,12 +388,12 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
             ),
         );
     }
-    h.push(("timeout", emit::string(&fmt_duration(timeout))));
-    h.push(("rise", o.rise.as_ref().map_or(2, |r| r.value).clamp(1, 100).to_string()));
-    h.push(("fall", o.fall.as_ref().map_or(3, |r| r.value).clamp(1, 100).to_string()));
-    if let Some(port) = o.port.as_ref().map(|p| p.value).or(connect.and_then(|c| c.port)) {
-        h.push(("port", port.to_string()));
-    }
+    timeout
+}
+
+/// The lines that set the health check: the first checked server's and the section's.
+fn health_lines(first: &ServerLine, s: &Settings) -> Vec<usize> {
+    let o = &first.opts;
     let mut lines = vec![first.line.number];
     lines.extend(o.inter.as_ref().map(|i| i.line));
     for l in [
@@ -351,58 +411,49 @@ fn health(s: &Settings, live: &[&ServerLine], ctx: &Context, b: &mut emit::Backe
     {
         lines.push(l);
     }
-    if tls {
-        tls_keys(
-            o,
-            connect.and_then(|c| c.sni.clone()),
-            kind,
-            ctx,
-            &mut h,
-            &mut lines,
-            report,
+    lines
+}
+
+/// Reports the health options where a checked server `x` differs from the `first`,
+/// whose options gatehouse's one check takes.
+fn differs_from(x: &ServerLine, first: &ServerLine, report: &mut Report) {
+    let o = &first.opts;
+    let p = &x.opts;
+    let same = |a: Option<String>, b: Option<String>| a == b;
+    let v = |d: &Option<At<Duration>>| d.as_ref().map(|d| d.value.as_millis().to_string());
+    let n = |d: &Option<At<u32>>| d.as_ref().map(|d| d.value.to_string());
+    let differs: Vec<&str> = [
+        ("inter", same(v(&p.inter), v(&o.inter))),
+        ("rise", same(n(&p.rise), n(&o.rise))),
+        ("fall", same(n(&p.fall), n(&o.fall))),
+        (
+            "port",
+            p.port.as_ref().map(|a| a.value) == o.port.as_ref().map(|a| a.value),
+        ),
+        (
+            "check-ssl",
+            p.check_ssl.as_ref().map(|a| a.value) == o.check_ssl.as_ref().map(|a| a.value),
+        ),
+        (
+            "sni",
+            p.sni.as_ref().map(|a| &a.value) == o.sni.as_ref().map(|a| &a.value),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(k, _)| k)
+    .collect();
+    if !differs.is_empty() {
+        report.note(
+            x.line.number,
+            &x.line.text,
+            Verdict::Approximated,
+            format!(
+                "gatehouse has one health check per backend: {} as on line {}",
+                differs.join(", "),
+                first.line.number
+            ),
         );
-    }
-    b.health = h;
-    b.health_lines = lines;
-    // Every other checked server must agree with the first.
-    for x in checked.iter().skip(1) {
-        let p = &x.opts;
-        let same = |a: Option<String>, b: Option<String>| a == b;
-        let v = |d: &Option<At<Duration>>| d.as_ref().map(|d| d.value.as_millis().to_string());
-        let n = |d: &Option<At<u32>>| d.as_ref().map(|d| d.value.to_string());
-        let differs: Vec<&str> = [
-            ("inter", same(v(&p.inter), v(&o.inter))),
-            ("rise", same(n(&p.rise), n(&o.rise))),
-            ("fall", same(n(&p.fall), n(&o.fall))),
-            (
-                "port",
-                p.port.as_ref().map(|a| a.value) == o.port.as_ref().map(|a| a.value),
-            ),
-            (
-                "check-ssl",
-                p.check_ssl.as_ref().map(|a| a.value) == o.check_ssl.as_ref().map(|a| a.value),
-            ),
-            (
-                "sni",
-                p.sni.as_ref().map(|a| &a.value) == o.sni.as_ref().map(|a| &a.value),
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, same)| !same)
-        .map(|(k, _)| k)
-        .collect();
-        if !differs.is_empty() {
-            report.note(
-                x.line.number,
-                &x.line.text,
-                Verdict::Approximated,
-                format!(
-                    "gatehouse has one health check per backend: {} as on line {}",
-                    differs.join(", "),
-                    first.line.number
-                ),
-            );
-        }
     }
 }
 

@@ -3,22 +3,24 @@
 //!
 //! The steps, each its own module: [`lexer`] cuts the text as HAProxy does, [`model`]
 //! groups it into sections and reads HAProxy's values, [`settings`] reads proxy
-//! keywords and server options, [`rules`] a frontend's ACLs and rules, [`translate`]
-//! and [`backend`] decide what gatehouse makes of them ([`limits`] of per-server limits
-//! and queues, [`monitor`] of `monitor-uri` frontends), [`emit`] writes the TOML and
-//! [`report`] the verdicts. The result is validated by [`crate::config`] before it is
-//! handed out: an import never produces a file `gatehouse check` refuses. The command
-//! line lives in `cli/import.rs`.
+//! keywords and [`server_opts`] server options, [`rules`] a frontend's ACLs and rules,
+//! [`translate`] (with [`global`]) and [`backend`] decide what gatehouse makes of them
+//! ([`limits`] of per-server limits and queues, [`monitor`] of `monitor-uri`
+//! frontends), [`emit`] writes the TOML and [`report`] the verdicts. The result is
+//! validated by [`crate::config`] before it is handed out: an import never produces a
+//! file `gatehouse check` refuses. The command line lives in `cli/import.rs`.
 
 pub mod backend;
 pub mod bind;
 pub mod emit;
+pub mod global;
 pub mod lexer;
 pub mod limits;
 pub mod model;
 pub mod monitor;
 pub mod report;
 pub mod rules;
+pub mod server_opts;
 pub mod settings;
 pub mod translate;
 

@@ -184,12 +184,20 @@ impl Rules {
     /// `use_backend`, after which no rule is ever reached; `accept_proxy` says whose
     /// address `src` is in `tcp-request connection` rules (the balancer's).
     pub fn resolve(&self, always: Option<usize>, accept_proxy: bool, report: &mut Report) -> Routing {
-        let mut routing = Routing::default();
-        let mut acls: Vec<(String, Match, usize)> = Vec::new();
-        let mut used_acls: Vec<String> = Vec::new();
-        let mut hello_lines: Vec<usize> = Vec::new();
+        let read = self.read(always, accept_proxy, report);
+        self.verdicts(read, report)
+    }
+
+    /// Reads each line, reporting those judged on their own.
+    fn read(&self, always: Option<usize>, accept_proxy: bool, report: &mut Report) -> Read {
+        let Read {
+            mut routing,
+            mut acls,
+            mut used_acls,
+            mut hello_lines,
+            mut overridden,
+        } = Read::default();
         let mut seen: Vec<(String, usize, String)> = Vec::new();
-        let mut overridden: Vec<(usize, usize)> = Vec::new();
         for line in &self.lines {
             let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
             let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
@@ -228,14 +236,9 @@ impl Rules {
                     Ok(_) => say(Verdict::Dropped, "0: HAProxy does not wait at all".into()),
                     Err(e) => say(Verdict::Dropped, e),
                 },
-                ["tcp-request", "content", "accept", cond @ ..] => match condition(cond, &acls) {
-                    Some((false, ors))
-                        if ors.len() == 1
-                            && ors[0].len() == 1
-                            && !ors[0][0].negated
-                            && ors[0][0].matches.iter().all(|m| m.kind() == Fetch::Hello) =>
-                    {
-                        used_acls.extend(ors[0][0].name.clone());
+                ["tcp-request", "content", "accept", cond @ ..] => match hello_condition(cond, &acls) {
+                    Some(name) => {
+                        used_acls.extend(name);
                         hello_lines.push(line.number);
                     }
                     _ => say(
@@ -272,6 +275,25 @@ impl Rules {
                 [] => {}
             }
         }
+        Read {
+            routing,
+            acls,
+            used_acls,
+            hello_lines,
+            overridden,
+        }
+    }
+
+    /// The verdicts that depend on all the rules: `inspect-delay` set twice, waiting for
+    /// a ClientHello with or without routes, ACLs used or not.
+    fn verdicts(&self, read: Read, report: &mut Report) -> Routing {
+        let Read {
+            mut routing,
+            acls,
+            used_acls,
+            hello_lines,
+            overridden,
+        } = read;
         let text = |n: usize| {
             self.lines
                 .iter()
@@ -334,6 +356,35 @@ impl Rules {
         }
         routing
     }
+}
+
+/// Whether a `tcp-request content accept` condition waits for a ClientHello and
+/// nothing else (`req.ssl_hello_type 1`): `Some`, with the named ACL it uses if any.
+fn hello_condition(cond: &[&str], acls: &[(String, Match, usize)]) -> Option<Option<String>> {
+    match condition(cond, acls) {
+        Some((false, ors))
+            if ors.len() == 1
+                && ors[0].len() == 1
+                && !ors[0][0].negated
+                && ors[0][0].matches.iter().all(|m| m.kind() == Fetch::Hello) =>
+        {
+            Some(ors[0][0].name.clone())
+        }
+        _ => None,
+    }
+}
+
+/// What reading the rules gathers for the verdicts that depend on all of them.
+#[derive(Default)]
+struct Read {
+    routing: Routing,
+    acls: Vec<(String, Match, usize)>,
+    /// The named ACLs a rule carried over uses.
+    used_acls: Vec<String>,
+    /// The `tcp-request content accept` lines that wait for a ClientHello.
+    hello_lines: Vec<usize>,
+    /// `inspect-delay` lines set again: (the earlier line, the later).
+    overridden: Vec<(usize, usize)>,
 }
 
 /// Server-name patterns as gatehouse writes them, each with its verdict and note.

@@ -1,7 +1,7 @@
-//! HAProxy sections into a gatehouse configuration: `global` into `[defaults]` and
-//! `[admin]`, `resolvers` into `[resolver]`, `defaults` handed down to the proxies, each
-//! `frontend` and `listen` into a `[[listener]]`, each `backend` and `listen` into a
-//! `[backend.NAME]` (see `backend`). Every line is reported once.
+//! HAProxy sections into a gatehouse configuration: `defaults` handed down to the
+//! proxies, each `frontend` and `listen` into a `[[listener]]`, each `backend` and
+//! `listen` into a `[backend.NAME]` (see `backend`); `global` and `resolvers` are read
+//! by `global`. Every line is reported once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,21 +9,14 @@ use std::time::Duration;
 use super::backend::{self, rename_reason, unique_name, ServerLine};
 use super::bind::Binds;
 use super::emit::{self, Key, Output};
+use super::global::{self, Global};
 use super::lexer::Line;
 use super::model::{self, fmt_duration, Kind, Section};
 use super::monitor::{self, Monitor};
 use super::report::{Report, Verdict};
 use super::rules::{self, Routing, Rules};
+use super::server_opts;
 use super::settings::{self, At, Settings};
-
-/// What `global` says that the rest needs.
-#[derive(Default)]
-struct Global {
-    maxconn: Option<At<u64>>,
-    hard_stop_after: Option<At<Duration>>,
-    ca_base: Option<String>,
-    crt_base: Option<String>,
-}
 
 /// A `frontend`, `backend` or `listen` section, read.
 struct Proxy<'a> {
@@ -52,12 +45,14 @@ pub fn translate(sections: &[Section], report: &mut Report) -> Output {
             Kind::Global => {
                 report.note(h.number, &h.text, Verdict::Translated, "");
                 for line in &section.body {
-                    global_line(line, &mut global, &mut out, report);
+                    if !conditional(line, report) {
+                        global::apply(line, &mut global, &mut out, report);
+                    }
                 }
             }
             Kind::Resolvers => {
                 resolvers_seen += 1;
-                resolvers(section, resolvers_seen > 1, &mut out, report);
+                global::resolvers(section, resolvers_seen > 1, &mut out, report);
             }
             Kind::Other => {
                 let why = format!("a {} section has no equivalent in gatehouse", section.keyword());
@@ -128,170 +123,6 @@ fn conditional(line: &Line, report: &mut Report) -> bool {
     true
 }
 
-fn global_line(line: &Line, g: &mut Global, out: &mut Output, report: &mut Report) {
-    let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
-    let (verdict, note): (Verdict, String) = match w.as_slice() {
-        [k, ..] if k.starts_with('.') => {
-            conditional(line, report);
-            return;
-        }
-        ["log", "/dev/log", ..] => (
-            Verdict::Translated,
-            "gatehouse logs to stdout, which journald takes, as /dev/log reaches journald".into(),
-        ),
-        ["log", ..] => (
-            Verdict::Approximated,
-            "gatehouse logs to stdout (journald takes it), not to a syslog address".into(),
-        ),
-        ["maxconn", n] => match n.parse::<u64>() {
-            Ok(n) if !(1..=10_000_000).contains(&n) => (
-                Verdict::Dropped,
-                "gatehouse's max_connections is 1 to 10,000,000; the ceiling stays the one the open-file limit allows"
-                    .into(),
-            ),
-            Ok(n) => {
-                g.maxconn = Some(At {
-                    value: n,
-                    line: line.number,
-                });
-                (
-                    Verdict::Translated,
-                    "[defaults] max_connections: the connection ceiling of the process; at it accepting pauses, \
-                     as in HAProxy (the open-file limit, LimitNOFILE, must allow it)"
-                        .into(),
-                )
-            }
-            Err(e) => (Verdict::Dropped, format!("{e}")),
-        },
-        ["hard-stop-after", t] => match model::duration(t) {
-            Ok(d) => {
-                g.hard_stop_after = Some(At {
-                    value: d,
-                    line: line.number,
-                });
-                (Verdict::Translated, "drain_timeout".into())
-            }
-            Err(e) => (Verdict::Dropped, e),
-        },
-        ["stats", "socket", ..] => {
-            out.admin.set(
-                Key::new("listen", emit::string("127.0.0.1:9100"), vec![line.number]).remark(
-                    "The admin listener replaces the stats socket: `gatehouse ctl status|drain|disable|enable`\n\
-                     and /metrics. On loopback, state changes need no token.",
-                ),
-            );
-            (
-                Verdict::Approximated,
-                "[admin] listen = \"127.0.0.1:9100\": the admin HTTP listener (gatehouse ctl) replaces the stats socket"
-                    .into(),
-            )
-        }
-        ["stats", ..] => (Verdict::Approximated, "the admin listener has its own timeouts".into()),
-        ["ca-base", p] => {
-            g.ca_base = Some(p.to_string());
-            (
-                Verdict::Translated,
-                "relative ca-file paths below are read from here".into(),
-            )
-        }
-        ["crt-base", p] => {
-            g.crt_base = Some(p.to_string());
-            (
-                Verdict::Translated,
-                "relative crt paths below are read from here".into(),
-            )
-        }
-        ["daemon" | "master-worker", ..] => (
-            Verdict::Translated,
-            "systemd runs gatehouse (deploy/gatehouse.service, Type=notify); it does not fork".into(),
-        ),
-        ["user" | "group" | "uid" | "gid" | "chroot" | "pidfile", ..] => (
-            Verdict::Approximated,
-            "the systemd unit runs gatehouse as its own user, sandboxed (deploy/gatehouse.service)".into(),
-        ),
-        ["nbthread" | "nbproc" | "cpu-map", ..] => (
-            Verdict::Approximated,
-            "gatehouse runs one event loop per core; it has no thread setting".into(),
-        ),
-        [k, ..] if k.starts_with("ssl-default-") || k.starts_with("tune.ssl") || *k == "ssl-server-verify" => (
-            Verdict::Dropped,
-            "gatehouse terminates no TLS and originates TLS only in health checks".into(),
-        ),
-        [k, ..] => (Verdict::Dropped, format!("`{k}` has no equivalent in gatehouse")),
-        [] => return,
-    };
-    report.note(line.number, &line.text, verdict, note);
-}
-
-fn resolvers(section: &Section, extra: bool, out: &mut Output, report: &mut Report) {
-    let h = &section.header;
-    if extra {
-        report.note(
-            h.number,
-            &h.text,
-            Verdict::Approximated,
-            "gatehouse has one resolver: nameservers of every resolvers section are asked",
-        );
-    } else {
-        report.note(h.number, &h.text, Verdict::Translated, "[resolver]");
-    }
-    let mut nameservers: Vec<String> = out
-        .resolver
-        .get("nameservers")
-        .map(|k| {
-            k.value
-                .trim_matches(['[', ']'])
-                .split(", ")
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    nameservers.retain(|n| !n.is_empty());
-    let mut lines: Vec<usize> = out
-        .resolver
-        .get("nameservers")
-        .map(|k| k.lines.clone())
-        .unwrap_or_default();
-    for line in &section.body {
-        let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
-        let (verdict, note) = match w.as_slice() {
-            ["nameserver", _, addr] => {
-                let addr = addr.strip_prefix("udp@").or(addr.strip_prefix("tcp@")).unwrap_or(addr);
-                nameservers.push(emit::string(addr));
-                lines.push(line.number);
-                (Verdict::Translated, "nameservers")
-            }
-            ["parse-resolv-conf"] => (
-                Verdict::Translated,
-                "gatehouse reads /etc/resolv.conf when no nameserver is given",
-            ),
-            ["timeout", "retry", t] => match model::duration(t) {
-                Ok(d) => {
-                    out.resolver
-                        .set(Key::new("timeout", emit::string(&fmt_duration(d)), vec![line.number]));
-                    (
-                        Verdict::Approximated,
-                        "timeout (per query; gatehouse asks over UDP, then TCP)",
-                    )
-                }
-                Err(_) => (Verdict::Dropped, "not a time"),
-            },
-            ["timeout", "resolve", ..] | ["hold", ..] | ["resolve_retries", ..] => (
-                Verdict::Approximated,
-                "gatehouse re-resolves as the records' TTL ends (min_refresh..max_refresh) and keeps a failing \
-                 name's last addresses",
-            ),
-            ["accepted_payload_size", ..] => (Verdict::Approximated, "gatehouse's resolver sizes its own replies"),
-            _ => (Verdict::Dropped, "no equivalent in gatehouse's [resolver]"),
-        };
-        report.note(line.number, &line.text, verdict, note);
-    }
-    if !nameservers.is_empty() {
-        out.resolver
-            .set(Key::new("nameservers", format!("[{}]", nameservers.join(", ")), lines));
-    }
-}
-
 /// Reads a proxy section, reporting every line but those `backend` judges.
 fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Proxy<'a> {
     // The mode decides everything else; HAProxy's default is tcp.
@@ -315,34 +146,13 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
         return p;
     }
     if http {
-        let mut why = format!(
-            "{} {} is in mode http: out of scope, gatehouse is an L4 (TCP) proxy",
-            section.keyword(),
-            section.name
-        );
-        if section
-            .body
-            .iter()
-            .any(|l| l.words.starts_with(&["stats".into(), "enable".into()]))
-        {
-            why.push_str("; gatehouse's admin listener serves a status page and /metrics instead");
-        }
-        report.note(
-            section.header.number,
-            &section.header.text,
-            Verdict::Dropped,
-            why.clone(),
-        );
-        for l in &section.body {
-            report.note(l.number, &l.text, Verdict::Dropped, why.clone());
-        }
+        out_of_scope(section, report);
         return p;
     }
     let front = matches!(section.kind, Kind::Frontend | Kind::Listen);
     let back = matches!(section.kind, Kind::Backend | Kind::Listen);
     let mut rules = Rules::default();
-    // An unconditional use_backend wins over default_backend, wherever it is.
-    let (mut rule, mut default): (Option<At<String>>, Option<At<String>>) = (None, None);
+    let mut choice = Choice::default();
     for line in &section.body {
         let w: Vec<&str> = line.words.iter().map(String::as_str).collect();
         if conditional(line, report) || (front && rules.take(line)) {
@@ -351,38 +161,8 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
         let mut say = |v: Verdict, note: String| report.note(line.number, &line.text, v, note);
         match w.as_slice() {
             ["bind", addr, opts @ ..] if front => p.bind.read(line, addr, opts, report),
-            ["default_backend", name] if front => {
-                say(Verdict::Translated, "backend".into());
-                // HAProxy keeps the last default_backend of a section, without a word.
-                if let Some(earlier) = &default {
-                    report.note(
-                        earlier.line,
-                        "",
-                        Verdict::Translated,
-                        format!(
-                            "no effect: the default_backend on line {} replaces it, as in HAProxy",
-                            line.number
-                        ),
-                    );
-                }
-                default = Some(At {
-                    value: name.to_string(),
-                    line: line.number,
-                });
-            }
-            ["use_backend", name] if front => match &rule {
-                Some(first) => say(
-                    Verdict::Dropped,
-                    format!("never used: the rule on line {} always matches first", first.line),
-                ),
-                None => {
-                    say(Verdict::Translated, "backend (a rule without a condition)".into());
-                    rule = Some(At {
-                        value: name.to_string(),
-                        line: line.number,
-                    });
-                }
-            },
+            ["default_backend", name] if front => choice.default_backend(line, name, report),
+            ["use_backend", name] if front => choice.use_backend(line, name, report),
             ["use_backend", ..] => say(Verdict::Dropped, "`use_backend` belongs in a frontend".into()),
             ["acl", ..] | ["tcp-request", ..] | ["tcp-response", ..] => say(
                 Verdict::Dropped,
@@ -390,7 +170,7 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             ),
             ["server", name, addr, ..] if back => match model::server_addr(addr) {
                 Ok(a) => {
-                    let mut opts = settings::server_opts(line, 3, report);
+                    let mut opts = server_opts::read(line, 3, report);
                     opts.inherit(&s.default_server);
                     p.servers.push(ServerLine {
                         line: line.clone(),
@@ -421,10 +201,89 @@ fn proxy<'a>(section: &'a Section, mut s: Settings, report: &mut Report) -> Prox
             }
         }
     }
-    p.routing = rules.resolve(rule.as_ref().map(|r| r.line), !p.bind.accept_proxy.is_empty(), report);
-    p.backend = rule.or(default);
+    let always = choice.rule.as_ref().map(|r| r.line);
+    p.routing = rules.resolve(always, !p.bind.accept_proxy.is_empty(), report);
+    p.backend = choice.rule.or(choice.default);
     p.settings = s;
     p
+}
+
+/// Reports every line of a section in mode http, which gatehouse does not import.
+fn out_of_scope(section: &Section, report: &mut Report) {
+    let mut why = format!(
+        "{} {} is in mode http: out of scope, gatehouse is an L4 (TCP) proxy",
+        section.keyword(),
+        section.name
+    );
+    if section
+        .body
+        .iter()
+        .any(|l| l.words.starts_with(&["stats".into(), "enable".into()]))
+    {
+        why.push_str("; gatehouse's admin listener serves a status page and /metrics instead");
+    }
+    report.note(
+        section.header.number,
+        &section.header.text,
+        Verdict::Dropped,
+        why.clone(),
+    );
+    for l in &section.body {
+        report.note(l.number, &l.text, Verdict::Dropped, why.clone());
+    }
+}
+
+/// The backend a frontend names without a condition. An unconditional `use_backend`
+/// wins over `default_backend`, wherever it is.
+#[derive(Default)]
+struct Choice {
+    rule: Option<At<String>>,
+    default: Option<At<String>>,
+}
+
+impl Choice {
+    fn default_backend(&mut self, line: &Line, name: &str, report: &mut Report) {
+        report.note(line.number, &line.text, Verdict::Translated, "backend");
+        // HAProxy keeps the last default_backend of a section, without a word.
+        if let Some(earlier) = &self.default {
+            report.note(
+                earlier.line,
+                "",
+                Verdict::Translated,
+                format!(
+                    "no effect: the default_backend on line {} replaces it, as in HAProxy",
+                    line.number
+                ),
+            );
+        }
+        self.default = Some(At {
+            value: name.to_string(),
+            line: line.number,
+        });
+    }
+
+    fn use_backend(&mut self, line: &Line, name: &str, report: &mut Report) {
+        match &self.rule {
+            Some(first) => report.note(
+                line.number,
+                &line.text,
+                Verdict::Dropped,
+                format!("never used: the rule on line {} always matches first", first.line),
+            ),
+            None => {
+                report.note(
+                    line.number,
+                    &line.text,
+                    Verdict::Translated,
+                    "backend (a rule without a condition)",
+                );
+                self.rule = Some(At {
+                    value: name.to_string(),
+                    line: line.number,
+                });
+            }
+        }
+    }
 }
 
 fn idle(s: &Settings) -> Option<(Duration, Vec<usize>)> {
@@ -498,9 +357,27 @@ fn defaults(main: &Settings, g: &Global, proxies: &[Proxy], out: &mut Output, re
 
 fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &mut Output, report: &mut Report) {
     let tcp: Vec<&Proxy> = proxies.iter().filter(|p| !p.http).collect();
-    // Ports bound by the listeners of each backend, for servers without a port.
+    let built = backends(&tcp, main, g, out, report);
+    listeners(&tcp, main, &built, out, report);
+    // client and server timeouts that differ become their minimum.
+    if let (Some(c), Some(s), None) = (&main.timeout_client, &main.timeout_server, &main.timeout_tunnel) {
+        if c.value != s.value {
+            for line in [c.line, s.line] {
+                report.note(
+                    line,
+                    "",
+                    Verdict::Approximated,
+                    "client and server timeouts differ: idle_timeout is the shorter (one timeout for both sides)",
+                );
+            }
+        }
+    }
+}
+
+/// Ports bound by the listeners of each backend, for servers without a port.
+fn listener_ports<'p>(tcp: &[&'p Proxy]) -> BTreeMap<&'p str, Vec<u16>> {
     let mut ports: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    for p in &tcp {
+    for p in tcp {
         let target = match p.section.kind {
             Kind::Listen => Some(p.section.name.as_str()),
             _ => p.backend.as_ref().map(|b| b.value.as_str()),
@@ -517,18 +394,29 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             }
         }
     }
-    let main_idle = idle(main).map(|i| i.0);
-    // Names gatehouse takes as they are keep them: a renamed one yields on a clash.
-    let valid = |kinds: [Kind; 2]| -> Vec<String> {
-        tcp.iter()
-            .filter(|p| kinds.contains(&p.section.kind) && model::gatehouse_name(&p.section.name).is_none())
-            .map(|p| p.section.name.clone())
-            .collect()
-    };
-    let (valid_backends, valid_listeners) = (
-        valid([Kind::Backend, Kind::Listen]),
-        valid([Kind::Frontend, Kind::Listen]),
-    );
+    ports
+}
+
+/// The names of the sections of these kinds that gatehouse takes as they are: they
+/// keep them, and a renamed one yields on a clash.
+fn valid_names(tcp: &[&Proxy], kinds: [Kind; 2]) -> Vec<String> {
+    tcp.iter()
+        .filter(|p| kinds.contains(&p.section.kind) && model::gatehouse_name(&p.section.name).is_none())
+        .map(|p| p.section.name.clone())
+        .collect()
+}
+
+/// Each `backend` and `listen` section as a `[backend.NAME]`: the names gatehouse
+/// gave those it built, by HAProxy's name.
+fn backends<'p>(
+    tcp: &[&'p Proxy],
+    main: &Settings,
+    g: &Global,
+    out: &mut Output,
+    report: &mut Report,
+) -> HashMap<&'p str, String> {
+    let ports = listener_ports(tcp);
+    let valid_backends = valid_names(tcp, [Kind::Backend, Kind::Listen]);
     let mut built: HashMap<&str, String> = HashMap::new();
     for p in tcp
         .iter()
@@ -558,28 +446,22 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         built.insert(name, b.name.clone());
         out.backends.push(b);
     }
+    built
+}
+
+/// Each `frontend` and `listen` section with a bind gatehouse can use and a backend
+/// it built as a `[[listener]]`.
+fn listeners(tcp: &[&Proxy], main: &Settings, built: &HashMap<&str, String>, out: &mut Output, report: &mut Report) {
+    let main_idle = idle(main).map(|i| i.0);
+    let valid_listeners = valid_names(tcp, [Kind::Frontend, Kind::Listen]);
+    // Each address to the listener that binds it.
     let mut taken: HashMap<String, String> = HashMap::new();
     for p in tcp
         .iter()
         .filter(|p| matches!(p.section.kind, Kind::Frontend | Kind::Listen))
     {
         let h = &p.section.header;
-        let mut free: Vec<&(String, usize)> = Vec::new();
-        for b in &p.bind.addrs {
-            match taken.get(&b.0) {
-                Some(other) => report.note(
-                    b.1,
-                    "",
-                    Verdict::Dropped,
-                    format!(
-                        "{} is bound by listener {other:?} already: HAProxy shares it between both \
-                         (SO_REUSEPORT), gatehouse binds an address once",
-                        b.0
-                    ),
-                ),
-                None => free.push(b),
-            }
-        }
+        let free = free_binds(p, &taken, report);
         if free.is_empty() {
             if p.section.kind == Kind::Frontend || !built.contains_key(p.section.name.as_str()) {
                 report.note(
@@ -591,44 +473,13 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
             }
             continue;
         }
-        let routes = rules::imported_routes(&p.routing, &built, report);
-        let target = match (&p.backend, p.section.kind) {
-            (Some(b), _) => Some((b.value.as_str(), b.line)),
-            (None, Kind::Listen) => Some((p.section.name.as_str(), h.number)),
-            (None, _) => routes.first().map(|r| {
-                report.note(
-                    h.number,
-                    &h.text,
-                    Verdict::Approximated,
-                    format!(
-                        "no default_backend: HAProxy closes a client no rule routes; gatehouse sends it to {}, the \
-                         backend of the first route",
-                        r.backend
-                    ),
-                );
-                (r.backend.as_str(), r.line)
-            }),
-        };
-        let Some((target, target_line)) = target else {
+        let routes = rules::imported_routes(&p.routing, built, report);
+        let Some((target, target_line)) = default_target(p, &routes, report) else {
             report.note(h.number, &h.text, Verdict::Dropped, "no default_backend: no listener");
             continue;
         };
         let Some(gbackend) = built.get(target) else {
-            report.note(
-                target_line,
-                &h.text,
-                Verdict::Dropped,
-                format!("backend {target} is not imported (see its lines): no listener"),
-            );
-            report.note(
-                h.number,
-                &h.text,
-                Verdict::Dropped,
-                format!("its backend {target} is not imported: no listener"),
-            );
-            for l in &p.bind.lines {
-                report.note(*l, "", Verdict::Dropped, "its listener is not imported");
-            }
+            not_imported(p, target, target_line, report);
             continue;
         };
         let names_taken: Vec<String> = out
@@ -646,35 +497,10 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
                 format!("listener named {name:?}: {}", rename_reason(&p.section.name, &name)),
             );
         }
-        let mut l = emit::Listener {
-            lines: vec![h.number],
-            table: emit::Table::default(),
-        };
-        l.table.set(Key::new("name", emit::string(&name), vec![]));
         for (b, _) in &free {
             taken.insert(b.clone(), name.clone());
         }
-        let binds: Vec<String> = free.iter().map(|(b, _)| emit::string(b)).collect();
-        l.table.set(Key::new(
-            "bind",
-            format!("[{}]", binds.join(", ")),
-            p.bind.lines.clone(),
-        ));
-        let lines = if target_line == h.number {
-            vec![]
-        } else {
-            vec![target_line]
-        };
-        l.table.set(Key::new("backend", emit::string(gbackend), lines));
-        if let Some(m) = &p.settings.maxconn {
-            l.table
-                .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
-        }
-        rules::listener_keys(&p.routing, &routes, &p.bind, &mut l.table, report);
-        report.note(h.number, &h.text, Verdict::Translated, "[[listener]]");
-        if target_line != h.number {
-            report.note(target_line, "", Verdict::Translated, "backend");
-        }
+        let l = listener(p, &name, &free, (gbackend, target_line), &routes, report);
         // One idle_timeout serves every listener.
         if let (Some((d, lines)), Some(main)) = (idle(&p.settings), main_idle) {
             if d != main {
@@ -693,19 +519,110 @@ fn backends_and_listeners(proxies: &[Proxy], main: &Settings, g: &Global, out: &
         }
         out.listeners.push(l);
     }
-    // client and server timeouts that differ become their minimum.
-    if let (Some(c), Some(s), None) = (&main.timeout_client, &main.timeout_server, &main.timeout_tunnel) {
-        if c.value != s.value {
-            for line in [c.line, s.line] {
-                report.note(
-                    line,
-                    "",
-                    Verdict::Approximated,
-                    "client and server timeouts differ: idle_timeout is the shorter (one timeout for both sides)",
-                );
-            }
+}
+
+/// The binds of `p` no listener before it has `taken`; the others are reported.
+fn free_binds<'p>(p: &'p Proxy, taken: &HashMap<String, String>, report: &mut Report) -> Vec<&'p (String, usize)> {
+    let mut free = Vec::new();
+    for b in &p.bind.addrs {
+        match taken.get(&b.0) {
+            Some(other) => report.note(
+                b.1,
+                "",
+                Verdict::Dropped,
+                format!(
+                    "{} is bound by listener {other:?} already: HAProxy shares it between both \
+                     (SO_REUSEPORT), gatehouse binds an address once",
+                    b.0
+                ),
+            ),
+            None => free.push(b),
         }
     }
+    free
+}
+
+/// The backend a listener sends clients no route takes, and the line that says so:
+/// its default_backend, a listen section's own, else the first route's.
+fn default_target<'p>(p: &'p Proxy, routes: &'p [rules::Route], report: &mut Report) -> Option<(&'p str, usize)> {
+    let h = &p.section.header;
+    match (&p.backend, p.section.kind) {
+        (Some(b), _) => Some((b.value.as_str(), b.line)),
+        (None, Kind::Listen) => Some((p.section.name.as_str(), h.number)),
+        (None, _) => routes.first().map(|r| {
+            report.note(
+                h.number,
+                &h.text,
+                Verdict::Approximated,
+                format!(
+                    "no default_backend: HAProxy closes a client no rule routes; gatehouse sends it to {}, the \
+                     backend of the first route",
+                    r.backend
+                ),
+            );
+            (r.backend.as_str(), r.line)
+        }),
+    }
+}
+
+/// Reports a listener whose backend `target` was not imported.
+fn not_imported(p: &Proxy, target: &str, target_line: usize, report: &mut Report) {
+    let h = &p.section.header;
+    report.note(
+        target_line,
+        &h.text,
+        Verdict::Dropped,
+        format!("backend {target} is not imported (see its lines): no listener"),
+    );
+    report.note(
+        h.number,
+        &h.text,
+        Verdict::Dropped,
+        format!("its backend {target} is not imported: no listener"),
+    );
+    for l in &p.bind.lines {
+        report.note(*l, "", Verdict::Dropped, "its listener is not imported");
+    }
+}
+
+/// The `[[listener]]` of `p`, named `name`, bound to `free`, sending clients to
+/// `backend` (gatehouse's name, and the line that chose it) or along `routes`.
+fn listener(
+    p: &Proxy,
+    name: &str,
+    free: &[&(String, usize)],
+    (backend, target_line): (&str, usize),
+    routes: &[rules::Route],
+    report: &mut Report,
+) -> emit::Listener {
+    let h = &p.section.header;
+    let mut l = emit::Listener {
+        lines: vec![h.number],
+        table: emit::Table::default(),
+    };
+    l.table.set(Key::new("name", emit::string(name), vec![]));
+    let binds: Vec<String> = free.iter().map(|(b, _)| emit::string(b)).collect();
+    l.table.set(Key::new(
+        "bind",
+        format!("[{}]", binds.join(", ")),
+        p.bind.lines.clone(),
+    ));
+    let lines = if target_line == h.number {
+        vec![]
+    } else {
+        vec![target_line]
+    };
+    l.table.set(Key::new("backend", emit::string(backend), lines));
+    if let Some(m) = &p.settings.maxconn {
+        l.table
+            .set(Key::new("max_connections", m.value.to_string(), vec![m.line]));
+    }
+    rules::listener_keys(&p.routing, routes, &p.bind, &mut l.table, report);
+    report.note(h.number, &h.text, Verdict::Translated, "[[listener]]");
+    if target_line != h.number {
+        report.note(target_line, "", Verdict::Translated, "backend");
+    }
+    l
 }
 
 /// The names of `all` but `name`.
