@@ -593,7 +593,9 @@ pub async fn check_endpoint(server: &Server, endpoint: &Endpoint, check: &Prepar
     }
     let started = Instant::now();
     let mut certs = Vec::new();
-    let result = check.run_watched(&server.host, endpoint.addr, &mut certs).await;
+    // Boxed: a check's state (a TLS handshake, an HTTP exchange) is kilobytes, held
+    // only while it runs, not by every endpoint's task between checks.
+    let result = Box::pin(check.run_watched(&server.host, endpoint.addr, &mut certs)).await;
     let took = started.elapsed();
     if !certs.is_empty() {
         watched(server, endpoint, certs);

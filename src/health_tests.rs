@@ -115,3 +115,18 @@ fn status_lines_are_parsed() {
     assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
     assert_eq!(parse_status(b"HTTP/1.1 20"), None);
 }
+
+/// An endpoint's task lives as long as its server, and most of that time it waits for
+/// its next check: what it holds then is paid once per endpoint (900 of them on a big
+/// config). The check itself is boxed, so its state (kilobytes for TLS) is not held
+/// between checks; this fails when something large joins the task.
+#[test]
+fn an_endpoint_s_check_task_stays_small_between_checks() {
+    fn size_of_returned<A, F>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    type Args = (Arc<Server>, Arc<Endpoint>, Arc<Prepared>, HealthConfig);
+    let size = size_of_returned(|(s, e, p, c): Args| endpoint_loop(s, e, p, c));
+    // 744 bytes with Rust 1.95; 7,640 with the check not boxed.
+    assert!(size <= 1024, "endpoint_loop's future is {size} bytes");
+}
