@@ -82,7 +82,12 @@ impl Candidate for Plain {
 
 #[test]
 fn a_candidate_without_a_last_resort_weight_is_never_a_last_resort() {
-    for policy in [Balance::RoundRobin, Balance::LeastConn, Balance::RandomTwo, Balance::SourceHash] {
+    for policy in [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::RandomTwo,
+        Balance::SourceHash,
+    ] {
         let none = picks(policy, &[Plain(0), Plain(0)], 20);
         assert!(none.iter().all(Option::is_none), "{policy:?}: {none:?}");
     }
@@ -189,9 +194,12 @@ fn client_hash_tells_clients_apart_by_address_only() {
     let six: IpAddr = "fd00::50".parse().unwrap();
     assert_ne!(client_hash(a), client_hash(b));
     assert_ne!(client_hash(a), client_hash(six));
-    assert_eq!(client_hash(a), client_hash(mapped), "an IPv4 client on a dual-stack socket");
-    let distinct: std::collections::HashSet<u64> = (0..=255u8)
-        .map(|i| client_hash(IpAddr::from([10, 0, 0, i])))
-        .collect();
+    assert_eq!(
+        client_hash(a),
+        client_hash(mapped),
+        "an IPv4 client on a dual-stack socket"
+    );
+    let distinct: std::collections::HashSet<u64> =
+        (0..=255u8).map(|i| client_hash(IpAddr::from([10, 0, 0, i]))).collect();
     assert_eq!(distinct.len(), 256);
 }

@@ -116,10 +116,12 @@ mod tests {
         let now = Instant::now();
         let refused = a.admit("127.0.0.3".parse().unwrap(), now).unwrap_err();
         assert_eq!(refused.reason(), "denied");
+        assert_eq!(refused.to_string(), "denied by deny rule 127.0.0.3/32");
         assert_eq!(a.tracked_sources(), 0, "a denied client must not take a table entry");
         let held = a
             .admit("127.0.0.2".parse().unwrap(), now)
             .expect("first connection admitted");
+        assert_eq!(a.tracked_sources(), 1, "the admitted client is tracked");
         let second = a.admit("127.0.0.2".parse().unwrap(), now).unwrap_err();
         assert_eq!(second.reason(), "source_limit");
         drop(held);

@@ -239,16 +239,42 @@ mod tests {
         assert!(p.max_connections > 0);
     }
 
-    #[test]
-    fn raising_the_limit_reaches_the_hard_limit() {
-        let limit = raise_nofile_limit().expect("getrlimit/setrlimit");
-        assert!(limit.soft >= limit.before, "{limit:?}");
+    fn nofile() -> libc::rlimit {
         let mut now = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
         // SAFETY: `now` is a valid rlimit for getrlimit to fill.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        now
+    }
+
+    #[test]
+    fn raising_the_limit_reaches_the_hard_limit() {
+        // Start below the hard limit (as under systemd's default 1024), so that there is
+        // something to raise; a hard limit of "unlimited" is raised to fs.nr_open.
+        let was = nofile();
+        let below = (was.rlim_max / 2).clamp(1, 512);
+        if was.rlim_cur > below {
+            let lowered = libc::rlimit {
+                rlim_cur: below,
+                rlim_max: was.rlim_max,
+            };
+            // SAFETY: a valid rlimit, its soft value under the hard one.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        }
+        let limit = raise_nofile_limit().expect("getrlimit/setrlimit");
+        let target = if was.rlim_max == libc::RLIM_INFINITY {
+            NR_OPEN_DEFAULT
+        } else {
+            was.rlim_max
+        };
+        assert_eq!(
+            (limit.before, limit.soft),
+            (below.min(was.rlim_cur), target),
+            "{limit:?}"
+        );
+        let now = nofile();
         assert_eq!(now.rlim_cur, limit.soft, "{limit:?}");
         // A second call finds nothing to do.
         let again = raise_nofile_limit().unwrap();

@@ -213,3 +213,7 @@ fn peek(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+#[path = "inspect_tests.rs"]
+mod tests;

@@ -341,3 +341,107 @@ proptest! {
         let _ = routes.route(&name);
     }
 }
+
+/// A ClientHello for `name` whose handshake message is `len` bytes (padded with an
+/// unknown extension), cut into records of at most `record` bytes.
+fn hello_of_len(name: &str, len: usize, record: usize) -> Vec<u8> {
+    let sni = sni_extension(&[(0, name.as_bytes())]);
+    // 4 (handshake header) + 2 + 32 + 1 + 4 (suites) + 2 (compression) + 2 (extensions)
+    let fixed = 4 + 2 + 32 + 1 + 4 + 2 + 2 + sni.len() + 4;
+    let pad = len - fixed;
+    let mut extensions = sni;
+    extensions.extend_from_slice(&[0xfe, 0xfe]);
+    extensions.extend_from_slice(&(pad as u16).to_be_bytes());
+    extensions.extend(std::iter::repeat_n(0u8, pad));
+    let one = hello_with_extensions(&extensions);
+    let handshake = &one[5..];
+    assert_eq!(handshake.len(), len);
+    let mut out = Vec::new();
+    for chunk in handshake.chunks(record) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[test]
+fn the_largest_hello_is_read_and_fits_the_peek_buffer() {
+    // 16 KiB in one record of exactly 2^14 bytes, then in 16 records: MAX_PEEK_LEN bytes.
+    let one = hello_of_len("big.example", MAX_HELLO_LEN, MAX_RECORD_LEN);
+    assert_eq!(parse_client_hello(&one), Peek::Sni("big.example".into()));
+    let sixteen = hello_of_len("big.example", MAX_HELLO_LEN, MAX_HELLO_LEN / MAX_RECORDS);
+    assert_eq!(sixteen.len(), MAX_PEEK_LEN);
+    assert_eq!(parse_client_hello(&sixteen), Peek::Sni("big.example".into()));
+    let over = hello_of_len("big.example", MAX_HELLO_LEN + 1, MAX_RECORD_LEN);
+    assert_eq!(
+        parse_client_hello(&over),
+        Peek::Malformed("ClientHello longer than 16 KiB")
+    );
+    // Record versions 3.0 to 3.4 are TLS.
+    let mut v34 = client_hello("a.example");
+    v34[2] = 4;
+    assert_eq!(parse_client_hello(&v34), Peek::Sni("a.example".into()));
+}
+
+#[test]
+fn cipher_suites_and_the_name_list_must_be_well_formed() {
+    let with_suites = |suites: &[u8]| {
+        let mut hello = hello_with_extensions(&sni_extension(&[(0, b"a.example")]));
+        // Suites start after the headers (9), version (2), random (32) and session id (1).
+        hello.splice(44..48, suites.iter().copied());
+        let body = (hello.len() - 9) as u32;
+        hello[6..9].copy_from_slice(&body.to_be_bytes()[1..]);
+        let record = (hello.len() - 5) as u16;
+        hello[3..5].copy_from_slice(&record.to_be_bytes());
+        parse_client_hello(&hello)
+    };
+    let bad = Peek::Malformed("cipher suite list empty or of odd length");
+    assert_eq!(with_suites(&[0, 2, 0x13, 0x01]), Peek::Sni("a.example".into()));
+    assert_eq!(with_suites(&[0, 0]), bad, "no suite");
+    assert_eq!(with_suites(&[0, 1, 0x13]), bad, "odd length");
+
+    let not_one_list = Peek::Malformed("server name extension is not one non-empty list");
+    let empty_list = [0, 0, 0, 2, 0, 0];
+    assert_eq!(parse_client_hello(&hello_with_extensions(&empty_list)), not_one_list);
+    let mut trailing = sni_extension(&[(0, b"a.example")]);
+    trailing[3] += 1; // the extension one byte longer than its list
+    trailing.push(0);
+    assert_eq!(parse_client_hello(&hello_with_extensions(&trailing)), not_one_list);
+}
+
+#[test]
+fn names_and_labels_may_be_as_long_as_dns_allows() {
+    let label = "a".repeat(63);
+    assert_eq!(normalize_host_name(label.as_bytes()), Ok(label.clone()));
+    let name = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+    assert_eq!(name.len(), 253);
+    assert_eq!(normalize_host_name(name.as_bytes()), Ok(name.clone()));
+    assert!(normalize_host_name(format!("{name}b").as_bytes()).is_err());
+}
+
+#[test]
+fn each_peek_says_its_reason() {
+    let reasons = [
+        Peek::NeedMore,
+        Peek::NotTls,
+        Peek::NoSni,
+        Peek::Sni("a".into()),
+        Peek::Malformed("x"),
+    ]
+    .map(|p| p.reason());
+    assert_eq!(
+        reasons,
+        ["sni_incomplete", "sni_not_tls", "sni_missing", "sni", "sni_malformed"]
+    );
+}
+
+#[test]
+fn a_route_table_knows_whether_it_is_empty_and_keeps_its_targets_in_order() {
+    let none = SniRoutes::<u8>::new([]).unwrap();
+    assert!(none.is_empty());
+    assert!(none.targets().is_empty());
+    let two = SniRoutes::new([(vec!["a.example".to_owned()], 1), (vec!["b.example".to_owned()], 2)]).unwrap();
+    assert!(!two.is_empty());
+    assert_eq!(two.targets(), &[1, 2]);
+}

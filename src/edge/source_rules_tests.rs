@@ -221,3 +221,11 @@ proptest! {
         prop_assert_eq!(rules.check(addr) == Verdict::Allowed, expected);
     }
 }
+
+#[test]
+fn a_block_knows_its_prefix_and_a_refusal_its_word() {
+    assert_eq!(cidr("10.0.0.0/8").prefix(), 8);
+    assert_eq!(cidr("192.168.4.7").prefix(), 32);
+    assert_eq!(Reason::DenyRule(cidr("10.0.0.0/8")).as_str(), "deny_rule");
+    assert_eq!(Reason::NotAllowed.as_str(), "not_allowed");
+}
