@@ -601,3 +601,21 @@ pub fn try_connect_from(
     s.set_write_timeout(Some(io))?;
     Ok(s)
 }
+
+/// Clients accepted on each data-path event loop so far, by loop ("0", "1", …), from
+/// `/metrics`; as many entries as the status page lists loops (less "main").
+pub fn accepted_per_loop(admin: SocketAddr) -> Vec<f64> {
+    let loops = status(admin)["event_loops"]
+        .as_array()
+        .map_or(0, Vec::len)
+        .saturating_sub(1);
+    (0..loops)
+        .map(|i| {
+            metric(
+                admin,
+                "gatehouse_event_loop_accepted_total",
+                &[("loop", &i.to_string())],
+            )
+        })
+        .collect()
+}
