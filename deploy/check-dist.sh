@@ -357,7 +357,7 @@ if policy_rules; then
     expect_rule "systemd starts /usr/bin/gatehouse in gatehouse_t" 'init_t gatehouse_exec_t:process gatehouse_t' -T -s init_t -t gatehouse_exec_t
     expect_rule "... also under NoNewPrivileges=yes" 'nnp_transition' -A -s init_t -t gatehouse_t -c process2
     expect_rule "binds and connects 80/443 (http_port_t)" 'name_bind name_connect' -A -s gatehouse_t -t http_port_t -c tcp_socket
-    expect_rule "binds and connects gatehouse_port_t (6443, 9100)" 'name_bind name_connect' -A -s gatehouse_t -t gatehouse_port_t -c tcp_socket
+    expect_rule "binds and connects gatehouse_port_t (6443, 8405)" 'name_bind name_connect' -A -s gatehouse_t -t gatehouse_port_t -c tcp_socket
     expect_rule "accepts on sockets passed by gatehouse.socket" 'accept' -A -s gatehouse_t -t init_t -c tcp_socket
     expect_rule "reads /etc/gatehouse" 'read' -A -s gatehouse_t -t gatehouse_conf_t -c file
     expect_rule "reads /etc/hosts and /etc/resolv.conf (net_conf_t)" 'read' -A -s gatehouse_t -t net_conf_t -c file

@@ -64,14 +64,14 @@ pub fn apply(line: &Line, g: &mut Global, out: &mut Output, report: &mut Report)
         },
         ["stats", "socket", ..] => {
             out.admin.set(
-                Key::new("listen", emit::string("127.0.0.1:9100"), vec![line.number]).remark(
+                Key::new("listen", emit::string("127.0.0.1:8405"), vec![line.number]).remark(
                     "The admin listener replaces the stats socket: `gatehouse ctl status|drain|disable|enable`\n\
                      and /metrics. On loopback, state changes need no token.",
                 ),
             );
             (
                 Verdict::Approximated,
-                "[admin] listen = \"127.0.0.1:9100\": the admin HTTP listener (gatehouse ctl) replaces the stats socket"
+                "[admin] listen = \"127.0.0.1:8405\": the admin HTTP listener (gatehouse ctl) replaces the stats socket"
                     .into(),
             )
         }
