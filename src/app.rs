@@ -21,7 +21,7 @@ use crate::config::{AdminConfig, Config, ConfigError};
 use crate::control::{AdminHandle, Control, ProcessStatus, Reloading, StartAdmin};
 use crate::edge::fd_budget::{self, FdBudgetError, FdNeeds, FdPlan, PipeBudget};
 use crate::health::{self, Prepared};
-use crate::listener::{BindError, Ceiling, Listeners};
+use crate::listener::{BindError, Ceiling, Sockets};
 use crate::proxy::{Connections, Settings};
 use crate::resolve::Resolution;
 use crate::runtime::{AdminState, Server, Snapshot};
@@ -63,7 +63,7 @@ pub struct App {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Client connections allowed at once (from the open-file limit), and in use.
     pub ceiling: Arc<Ceiling>,
-    listeners: Mutex<Listeners>,
+    sockets: Mutex<Sockets>,
     /// One per `[admin] listen` address, in its order; shared so that a reload keeps
     /// the ones whose address stays.
     admin: Mutex<Vec<Arc<AdminHandle>>>,
@@ -179,10 +179,10 @@ impl App {
         crate::forward::set_max_pipes(max_pipes);
         let ceiling = Ceiling::new(ceiling);
         crate::metrics::spawn_upkeep(metrics.clone());
-        let mut listeners = Listeners::default();
-        listeners.adopt_inherited(inherited);
-        listeners.apply(&snapshot, settings(&config), &connections, &ceiling)?;
-        listeners.close_unused_inherited();
+        let mut sockets = Sockets::default();
+        sockets.adopt_inherited(inherited);
+        sockets.apply(&snapshot, settings(&config), &connections, &ceiling)?;
+        sockets.close_unused_inherited();
 
         let app = Arc::new(App {
             config_path: path.to_path_buf(),
@@ -195,7 +195,7 @@ impl App {
             admin_token: ArcSwap::from_pointee(token),
             metrics,
             ceiling,
-            listeners: Mutex::new(listeners),
+            sockets: Mutex::new(sockets),
             admin: Mutex::new(Vec::new()),
             start_admin,
             resolution,
@@ -209,7 +209,7 @@ impl App {
 
     /// (listener, bound address) pairs, port 0 resolved; the admin API as "admin".
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let mut v = self.listeners.lock().map(|l| l.local_addrs()).unwrap_or_default();
+        let mut v = self.sockets.lock().map(|l| l.local_addrs()).unwrap_or_default();
         if let Ok(admin) = self.admin.lock() {
             v.extend(admin.iter().map(|a| ("admin".to_string(), a.local)));
         }
@@ -287,7 +287,7 @@ impl App {
                 return Err(e);
             }
         };
-        let bound = match self.listeners.lock() {
+        let bound = match self.sockets.lock() {
             Ok(mut l) => l
                 .apply(&snapshot, settings(&config), &self.connections, &self.ceiling)
                 .map(|()| l.take_stopped()),
@@ -379,7 +379,7 @@ impl App {
         let drain = self.snapshot.load().config.defaults.drain_timeout;
         self.draining.store(true, std::sync::atomic::Ordering::Release);
         systemd::notify("STOPPING=1\nSTATUS=draining connections");
-        let stopped = match self.listeners.lock() {
+        let stopped = match self.sockets.lock() {
             Ok(mut l) => l.close_all(),
             Err(_) => Vec::new(),
         };

@@ -204,9 +204,10 @@ impl Drop for Bound {
     }
 }
 
-/// Every bound address and its accept loops.
+/// The listening sockets: every bound address and its accept loops (the listeners
+/// they serve are the snapshot's `runtime::Listener`s).
 #[derive(Default)]
-pub struct Listeners {
+pub struct Sockets {
     bound: HashMap<SocketAddr, Bound>,
     /// Sockets handed over by systemd (socket activation), by local address.
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
@@ -215,7 +216,7 @@ pub struct Listeners {
     stopped: Vec<JoinHandle<()>>,
 }
 
-impl Listeners {
+impl Sockets {
     /// Takes over sockets passed by systemd (`LISTEN_FDS`), to be used for the bind
     /// addresses they match.
     pub fn adopt_inherited(&mut self, sockets: Vec<std::net::TcpListener>) {

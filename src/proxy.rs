@@ -70,37 +70,49 @@ impl Connections {
     }
 }
 
-/// Counts one connection while it lives.
-struct Tracked<'a>(&'a Connections);
+/// Something that counts who is in it: a connection holds one [`Held`] of each count
+/// it belongs to (the process's open connections, its listener's and its endpoint's
+/// active ones) for as long as it lives.
+trait Count {
+    fn enter(&self);
+    fn leave(&self);
+}
 
-impl<'a> Tracked<'a> {
-    fn new(c: &'a Connections) -> Self {
-        c.active.fetch_add(1, Ordering::AcqRel);
-        Tracked(c)
+/// A gauge-like counter.
+impl Count for AtomicU32 {
+    fn enter(&self) {
+        self.fetch_add(1, Ordering::Relaxed);
+    }
+    fn leave(&self) {
+        self.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Drop for Tracked<'_> {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+/// The connections a drain waits for: the last to leave wakes it.
+impl Count for Connections {
+    fn enter(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+    fn leave(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 }
 
-/// Adds one to a gauge-like counter for as long as it lives.
-struct Held<'a>(&'a AtomicU32);
+/// One place in a [`Count`], given back on drop.
+struct Held<'a, C: Count>(&'a C);
 
-impl<'a> Held<'a> {
-    fn new(a: &'a AtomicU32) -> Self {
-        a.fetch_add(1, Ordering::Relaxed);
-        Held(a)
+impl<'a, C: Count> Held<'a, C> {
+    fn new(count: &'a C) -> Self {
+        count.enter();
+        Held(count)
     }
 }
 
-impl Drop for Held<'_> {
+impl<C: Count> Drop for Held<'_, C> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.leave();
     }
 }
 
@@ -135,7 +147,7 @@ pub fn serve<P: Send + 'static>(
         // Held to the end, in the task's captures (a local would be a second copy).
         let _ = &place;
         let accepted_at = Instant::now();
-        let _tracked = Tracked::new(&conns);
+        let _open = Held::new(&*conns);
         let _listener_active = Held::new(&listener.counters.active);
         listener.counters.accepted.fetch_add(1, Ordering::Relaxed);
         listener.metrics.accepted.increment(1);
