@@ -146,3 +146,24 @@ async fn without_a_name_the_peek_says_why() {
     let words = [NoName::Timeout, NoName::Closed, NoName::Error].map(NoName::as_str);
     assert_eq!(words, ["sni_timeout", "sni_closed", "sni_error"]);
 }
+
+/// A connection the client reset: gatehouse's end reads ECONNRESET.
+async fn reset_pair() -> TcpStream {
+    let (client, server) = pair().await;
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    // The reset has arrived once the socket reads as ready.
+    server.readable().await.unwrap();
+    server
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_a_read_error_not_a_wait() {
+    let mut server = reset_pair().await;
+    let refusal = read_proxy_header(&mut server, SECOND).await.unwrap_err();
+    assert_eq!(refusal.reason(), "proxy_read_error", "{refusal:?}");
+    let server = reset_pair().await;
+    assert_eq!(peek_server_name(&server, SECOND).await, Err(NoName::Error));
+}

@@ -367,13 +367,14 @@ fn hello_of_len(name: &str, len: usize, record: usize) -> Vec<u8> {
 
 #[test]
 fn the_largest_hello_is_read_and_fits_the_peek_buffer() {
-    // 16 KiB in one record of exactly 2^14 bytes, then in 16 records: MAX_PEEK_LEN bytes.
-    let one = hello_of_len("big.example", MAX_HELLO_LEN, MAX_RECORD_LEN);
+    // 16 KiB in one record of exactly 2^14 bytes, then in 16 records: 16 KiB and their
+    // 16 record headers, what the peek buffer holds.
+    let one = hello_of_len("big.example", 16 * 1024, 16 * 1024);
     assert_eq!(parse_client_hello(&one), Peek::Sni("big.example".into()));
-    let sixteen = hello_of_len("big.example", MAX_HELLO_LEN, MAX_HELLO_LEN / MAX_RECORDS);
+    let sixteen = hello_of_len("big.example", 16 * 1024, 1024);
     assert_eq!(sixteen.len(), MAX_PEEK_LEN);
     assert_eq!(parse_client_hello(&sixteen), Peek::Sni("big.example".into()));
-    let over = hello_of_len("big.example", MAX_HELLO_LEN + 1, MAX_RECORD_LEN);
+    let over = hello_of_len("big.example", 16 * 1024 + 1, 16 * 1024);
     assert_eq!(
         parse_client_hello(&over),
         Peek::Malformed("ClientHello longer than 16 KiB")
