@@ -290,13 +290,14 @@ pub fn client_hash(ip: std::net::IpAddr) -> u64 {
 mod tests {
     use super::*;
 
-    #[derive(Clone)]
-    struct S {
-        weight: u32,
-        last_resort: u32,
-        backup: bool,
-        active: u32,
-        key: u64,
+    /// A candidate server of the selection tests (here and in `balance_tests.rs`).
+    #[derive(Clone, Copy)]
+    pub(super) struct S {
+        pub(super) weight: u32,
+        pub(super) last_resort: u32,
+        pub(super) backup: bool,
+        pub(super) active: u32,
+        pub(super) key: u64,
     }
 
     impl Candidate for S {

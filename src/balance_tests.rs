@@ -9,32 +9,7 @@ use std::sync::Arc;
 
 use super::*;
 
-#[derive(Clone, Copy)]
-struct S {
-    weight: u32,
-    last_resort: u32,
-    backup: bool,
-    active: u32,
-    key: u64,
-}
-
-impl Candidate for S {
-    fn weight(&self) -> u32 {
-        self.weight
-    }
-    fn backup(&self) -> bool {
-        self.backup
-    }
-    fn last_resort_weight(&self) -> u32 {
-        self.last_resort
-    }
-    fn active(&self) -> u32 {
-        self.active
-    }
-    fn key(&self) -> u64 {
-        self.key
-    }
-}
+use super::tests::S;
 
 fn s(weight: u32, active: u32) -> S {
     S {
